@@ -82,7 +82,7 @@ async def test_design_inversion_is_not_skipped(
 async def test_lower_position_committing_after_a_higher_one_is_not_skipped(
     store: EventStore, connections: list[asyncpg.Connection], log_head: Checkpoint
 ) -> None:
-    first, second = connections[0], connections[1]
+    first = connections[0]
     follower = Follower(store, log_head)
     held = first.transaction()
     await held.start()
