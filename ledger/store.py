@@ -1,8 +1,11 @@
 """The event store on asyncpg: append, read a stream, follow the whole log in commit order.
 
-Appends are one round trip: a single call of ledger.append_events, which runs as its
-own transaction. There is no table lock and no NOTIFY in the append path; readers of
-the whole log get commit order from the writing transaction id instead (read_committed).
+An append is one INSERT statement, and so one round trip and its own transaction. The
+caller names each stream's head (version and hash, known from loading it); the store
+extends each stream's hash chain in Python and the statement inserts only if every head
+is still the stream's last event. There is no table lock and no NOTIFY in the append
+path; readers of the whole log get commit order from the writing transaction id
+instead (read_committed). See docs/adr/0002-append-path.md for the measurements.
 """
 
 from __future__ import annotations
@@ -32,8 +35,6 @@ APPEND_EVENTS_MAX: Final = 1_000
 READ_BATCH_MAX: Final = 10_000
 STREAM_READ_BATCH: Final = 1_000
 
-SQLSTATE_STREAM_BEHIND: Final = "LG001"
-SQLSTATE_IDEMPOTENCY_CONFLICT: Final = "LG003"
 
 _encoder = msgspec.json.Encoder(decimal_format="string")
 
@@ -57,6 +58,20 @@ class Checkpoint(msgspec.Struct, frozen=True, order=True):
 
 
 ZERO = Checkpoint(0, 0)
+
+
+class StreamHead(msgspec.Struct, frozen=True):
+    """A stream's last event as a writer saw it: its version and its chain hash."""
+
+    version: int
+    hash: bytes
+
+
+NEW_STREAM = StreamHead(0, chain.GENESIS)
+
+# What an append expects of each stream: its head, or only its version (0 = new stream),
+# in which case the store reads the head hash first, at the cost of one more round trip.
+Expected = StreamHead | int
 
 
 class RecordedEvent(msgspec.Struct, frozen=True, kw_only=True):
@@ -92,6 +107,7 @@ class AppendedEvent(msgspec.Struct, frozen=True):
     version: int
     position: int
     tx: int
+    hash: bytes
 
 
 class AppendResult(msgspec.Struct, frozen=True):
@@ -105,8 +121,13 @@ class AppendResult(msgspec.Struct, frozen=True):
         """The consistency token of the append: its last event's (tx, position)."""
         return max(Checkpoint(event.tx, event.position) for event in self.events)
 
-    def version_of(self, stream_id: UUID) -> int:
-        return max(event.version for event in self.events if event.stream_id == stream_id)
+    def head_of(self, stream_id: UUID) -> StreamHead:
+        """The stream's head after this append, for the writer's next append."""
+        last = max(
+            (event for event in self.events if event.stream_id == stream_id),
+            key=lambda event: event.version,
+        )
+        return StreamHead(last.version, last.hash)
 
 
 _EVENT_COLUMNS: Final = (
@@ -115,9 +136,70 @@ _EVENT_COLUMNS: Final = (
     "correlation_id, causation_id, idempotency_key, state AS data, prev_hash, hash"
 )
 
+_INPUT_CTE: Final = """
+input AS (
+    SELECT * FROM unnest($1::uuid[], $2::text[], $3::bigint[], $4::text[], $5::bytea[],
+                         $6::uuid[], $7::integer[], $8::bytea[], $9::bytea[], $10::boolean[])
+        AS i (stream_id, stream_type, version, topic, state, event_id, schema_version,
+              prev_hash, hash, first_of_stream)
+),
+-- A stream whose head is not the one the writer named: the whole append is off.
+stale AS (
+    SELECT 1 FROM input i
+    LEFT JOIN ledger.events p
+        ON p.originator_id = i.stream_id AND p.originator_version = i.version - 1
+    WHERE i.first_of_stream AND i.version > 1 AND p.hash IS DISTINCT FROM i.prev_hash
+    LIMIT 1
+)"""
+
+_INSERT: Final = """
+INSERT INTO ledger.events (
+    originator_id, stream_type, originator_version, topic, state, event_id, schema_version,
+    prev_hash, hash, recorded_at, actor, correlation_id, causation_id, idempotency_key)
+SELECT i.stream_id, i.stream_type, i.version, i.topic, i.state, i.event_id, i.schema_version,
+       i.prev_hash, i.hash, $11, $12, $13, $14, $15
+FROM input i"""
+
+_RETURNING: Final = " RETURNING originator_id, originator_version, notification_id, tx, hash"
+
 _APPEND_SQL: Final = (
-    "SELECT event_position, event_tx, event_stream_id, event_version, replayed "
-    "FROM ledger.append_events($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)"
+    f"WITH {_INPUT_CTE} {_INSERT} WHERE NOT EXISTS (SELECT 1 FROM stale) {_RETURNING}"
+)
+
+# With an idempotency key the key row is claimed first; a concurrent claim of the same key
+# waits for the first to end. The events go in only if this statement claimed the key.
+_APPEND_WITH_KEY_SQL: Final = f"""
+WITH {_INPUT_CTE},
+claimed AS (
+    INSERT INTO ledger.idempotency_keys (key, fingerprint, recorded_at)
+    SELECT $15, $16, $11 WHERE NOT EXISTS (SELECT 1 FROM stale)
+    ON CONFLICT (key) DO NOTHING
+    RETURNING key
+)
+{_INSERT} WHERE EXISTS (SELECT 1 FROM claimed) {_RETURNING}"""
+
+# The common case, one event without an idempotency key, as a plain single-row INSERT:
+# measured 1.6x the throughput of the unnest statement above at 16 writers.
+_APPEND_ONE_SQL: Final = """
+INSERT INTO ledger.events (
+    originator_id, stream_type, originator_version, topic, state, event_id, schema_version,
+    prev_hash, hash, recorded_at, actor, correlation_id, causation_id)
+SELECT $1::uuid, $2, $3::bigint, $4, $5, $6, $7, $8::bytea, $9, $10, $11, $12, $13
+WHERE $3::bigint = 1 OR EXISTS (
+    SELECT 1 FROM ledger.events p
+    WHERE p.originator_id = $1::uuid AND p.originator_version = $3::bigint - 1
+      AND p.hash = $8::bytea)
+RETURNING originator_id, originator_version, notification_id, tx, hash"""
+
+_REPLAY_SQL: Final = (
+    "SELECT originator_id, originator_version, notification_id, tx, hash FROM ledger.events "
+    "WHERE idempotency_key = $1 ORDER BY notification_id"
+)
+
+_HEADS_SQL: Final = (
+    "SELECT originator_id, hash FROM ledger.events "
+    "WHERE (originator_id, originator_version) IN "
+    "(SELECT * FROM unnest($1::uuid[], $2::bigint[]))"
 )
 
 _READ_STREAM_SQL: Final = (
@@ -177,7 +259,7 @@ class EventStore:
     async def append(
         self,
         events: Sequence[NewEvent],
-        expected_versions: Mapping[UUID, int],
+        expected: Mapping[UUID, Expected],
         *,
         actor: str | None = None,
         correlation_id: UUID | None = None,
@@ -188,42 +270,105 @@ class EventStore:
     ) -> AppendResult:
         """Append events to one or more streams in one transaction.
 
-        expected_versions names, for every stream touched, the version it must be at
-        now (0 for a new stream). All or nothing: any conflict appends no event.
-        On its own the append is one statement and so its own transaction; given a
-        connection inside a transaction, it joins that transaction instead.
+        `expected` names, for every stream touched, the head it must have now: a
+        StreamHead, or a version alone (0 for a new stream). All or nothing: any
+        conflict appends no event. On its own the append is one statement and so its
+        own transaction; given a connection inside a transaction, it joins that one.
         """
-        arguments = _append_arguments(
-            events, expected_versions, actor, correlation_id, causation_id, idempotency_key
-        )
+        executor = self.pool if connection is None else connection
+        heads = await self._heads(executor, events, expected)
+        recorded_at = datetime.now(UTC)
+        metadata = [recorded_at, actor, correlation_id, causation_id, idempotency_key]
+        columns = _columns(events, heads, metadata)
+        arguments: list[Any]
+        if idempotency_key is not None:
+            sql, arguments = _APPEND_WITH_KEY_SQL, [*columns, *metadata, fingerprint]
+        elif len(events) == 1:
+            # One event is the first of its stream's batch: no $10 column.
+            sql, arguments = _APPEND_ONE_SQL, [column[0] for column in columns[:9]]
+            arguments += metadata[:4]
+        else:
+            sql, arguments = _APPEND_SQL, [*columns, *metadata]
         try:
-            executor = self.pool if connection is None else connection
-            rows = await executor.fetch(_APPEND_SQL, *arguments, idempotency_key, fingerprint)
+            rows = await executor.fetch(sql, *arguments)
         except asyncpg.UniqueViolationError as error:
             if error.constraint_name == "events_event_id_key":
                 raise DuplicateEventError(str(error)) from error
-            raise await self._conflict(events, expected_versions) from error
-        except asyncpg.PostgresError as error:
-            if error.sqlstate == SQLSTATE_STREAM_BEHIND:
-                raise await self._conflict(events, expected_versions) from error
-            if error.sqlstate == SQLSTATE_IDEMPOTENCY_CONFLICT:
-                assert idempotency_key is not None
-                raise IdempotencyConflictError(idempotency_key) from error
-            raise
-        appended = [AppendedEvent(row[2], row[3], row[0], row[1]) for row in rows]
-        replayed = bool(rows) and bool(rows[0][4])
-        return AppendResult(appended, replayed)
+            raise await self._conflict(events, heads) from error
+        if rows:
+            return AppendResult(_appended(rows), replayed=False)
+        if idempotency_key is not None:
+            replayed = await self._replay(executor, idempotency_key, fingerprint)
+            if replayed is not None:
+                return replayed
+        raise await self._conflict(events, heads)
+
+    async def _heads(
+        self,
+        executor: asyncpg.Pool | asyncpg.Connection,
+        events: Sequence[NewEvent],
+        expected: Mapping[UUID, Expected],
+    ) -> dict[UUID, StreamHead]:
+        """Every touched stream's head; the hashes not given are read in one query."""
+        if not events:
+            raise InvalidAppendError("an append needs at least one event")
+        if len(events) > APPEND_EVENTS_MAX:
+            raise InvalidAppendError(
+                f"{len(events)} events in one append; the cap is {APPEND_EVENTS_MAX}"
+            )
+        touched = dict.fromkeys(event.stream_id for event in events)
+        missing = touched.keys() - expected.keys()
+        if missing:
+            raise InvalidAppendError(f"no expected version for streams {sorted(map(str, missing))}")
+        heads: dict[UUID, StreamHead] = {}
+        unknown: dict[UUID, int] = {}
+        for stream_id in touched:
+            given = expected[stream_id]
+            if isinstance(given, StreamHead):
+                heads[stream_id] = given
+            elif given == 0:
+                heads[stream_id] = NEW_STREAM
+            elif given > 0:
+                unknown[stream_id] = given
+            else:
+                raise InvalidAppendError(f"expected version of {stream_id} is negative")
+        if unknown:
+            rows = await executor.fetch(_HEADS_SQL, list(unknown), list(unknown.values()))
+            found = {row[0]: bytes(row[1]) for row in rows}
+            for stream_id, version in unknown.items():
+                if stream_id not in found:
+                    raise ConcurrencyError(stream_id, version, await self.stream_version(stream_id))
+                heads[stream_id] = StreamHead(version, found[stream_id])
+        return heads
+
+    async def _replay(
+        self,
+        executor: asyncpg.Pool | asyncpg.Connection,
+        idempotency_key: str,
+        fingerprint: bytes | None,
+    ) -> AppendResult | None:
+        """The first result for a key seen before; None if the key is unknown."""
+        known = await executor.fetchrow(
+            "SELECT fingerprint FROM ledger.idempotency_keys WHERE key = $1", idempotency_key
+        )
+        if known is None:
+            return None
+        if (None if known[0] is None else bytes(known[0])) != fingerprint:
+            raise IdempotencyConflictError(idempotency_key)
+        rows = await executor.fetch(_REPLAY_SQL, idempotency_key)
+        return AppendResult(_appended(rows), replayed=True)
 
     async def _conflict(
-        self, events: Sequence[NewEvent], expected_versions: Mapping[UUID, int]
+        self, events: Sequence[NewEvent], heads: Mapping[UUID, StreamHead]
     ) -> ConcurrencyError:
         """Name the first stream whose version is not the one expected, with both values."""
         for stream_id in dict.fromkeys(event.stream_id for event in events):
             actual = await self.stream_version(stream_id)
-            if actual != expected_versions[stream_id]:
-                return ConcurrencyError(stream_id, expected_versions[stream_id], actual)
+            if actual != heads[stream_id].version:
+                return ConcurrencyError(stream_id, heads[stream_id].version, actual)
+        # Versions match but a named head hash does not: the writer's head is not this one.
         first = events[0].stream_id
-        return ConcurrencyError(first, expected_versions[first], None)
+        return ConcurrencyError(first, heads[first].version, heads[first].version)
 
     async def stream_version(self, stream_id: UUID) -> int:
         """The stream's current version; 0 when it has no events."""
@@ -289,32 +434,17 @@ class EventStore:
             after = events[-1].checkpoint
 
 
-def _append_arguments(
-    events: Sequence[NewEvent],
-    expected_versions: Mapping[UUID, int],
-    actor: str | None,
-    correlation_id: UUID | None,
-    causation_id: UUID | None,
-    idempotency_key: str | None,
-) -> list[Any]:
-    """The arrays ledger.append_events takes: versions numbered, payloads encoded, digests."""
-    if not events:
-        raise InvalidAppendError("an append needs at least one event")
-    if len(events) > APPEND_EVENTS_MAX:
-        raise InvalidAppendError(
-            f"{len(events)} events in one append; the cap is {APPEND_EVENTS_MAX}"
-        )
-    missing = {event.stream_id for event in events} - expected_versions.keys()
-    if missing:
-        raise InvalidAppendError(f"no expected version for streams {sorted(map(str, missing))}")
-    next_version = dict(expected_versions)
-    recorded_at = datetime.now(UTC)
-    columns: list[list[Any]] = [[] for _ in range(8)]
+def _columns(
+    events: Sequence[NewEvent], heads: Mapping[UUID, StreamHead], metadata: list[Any]
+) -> list[list[Any]]:
+    """The arrays the append statement unnests: versions numbered, payloads encoded, and
+    each stream's chain extended from its head."""
+    recorded_at, actor, correlation_id, causation_id, idempotency_key = metadata
+    tips = dict(heads)
+    columns: list[list[Any]] = [[] for _ in range(10)]
     for event in events:
-        if next_version[event.stream_id] < 0:
-            raise InvalidAppendError(f"expected version of {event.stream_id} is negative")
-        next_version[event.stream_id] += 1
-        version = next_version[event.stream_id]
+        tip = tips[event.stream_id]
+        version = tip.version + 1
         state = encode(event.data, event.topic)
         digest = chain.content_digest(
             event_id=event.event_id,
@@ -330,6 +460,7 @@ def _append_arguments(
             idempotency_key=idempotency_key,
             state=state,
         )
+        event_hash = chain.link(tip.hash, digest)
         values = (
             event.stream_id,
             event.stream_type,
@@ -338,11 +469,20 @@ def _append_arguments(
             state,
             event.event_id,
             event.schema_version,
-            digest,
+            tip.hash,
+            event_hash,
+            tip is heads[event.stream_id],
         )
         for column, value in zip(columns, values, strict=True):
             column.append(value)
-    return [*columns, recorded_at, actor, correlation_id, causation_id]
+        tips[event.stream_id] = StreamHead(version, event_hash)
+    return columns
+
+
+def _appended(rows: list[asyncpg.Record]) -> list[AppendedEvent]:
+    appended = [AppendedEvent(row[0], row[1], row[2], row[3], bytes(row[4])) for row in rows]
+    appended.sort(key=lambda event: event.position)
+    return appended
 
 
 def fingerprint_of(body: bytes) -> bytes:
