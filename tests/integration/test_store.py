@@ -17,7 +17,14 @@ from ledger.errors import (
     InvalidAppendError,
     StreamNotFoundError,
 )
-from ledger.store import EVENT_SIZE_BYTES_MAX, EventStore, NewEvent, fingerprint_of
+from ledger.store import (
+    EVENT_SIZE_BYTES_MAX,
+    EventStore,
+    NewEvent,
+    StreamHead,
+    fingerprint_of,
+    verify_stream,
+)
 from tests.integration.events import TOPIC, Noted, new_stream, noted
 
 
@@ -217,3 +224,24 @@ async def test_malformed_appends_are_typed_errors(
 ) -> None:
     with pytest.raises(InvalidAppendError):
         await store.append(events, expected)
+
+
+async def test_appending_from_a_stale_head_is_a_conflict(
+    store: EventStore, pool: asyncpg.Pool
+) -> None:
+    stream = new_stream()
+    first = await store.append([noted(stream, 1)], {stream: 0})
+    head = first.head_of(stream)
+    second = await store.append([noted(stream, 2)], {stream: head})
+    assert second.head_of(stream).version == 2
+    before = await count_events(pool)
+    with pytest.raises(ConcurrencyError) as raised:
+        await store.append([noted(stream, 3)], {stream: head})  # Version 1 is no longer the head.
+    assert (raised.value.expected_version, raised.value.actual_version) == (1, 2)
+    forged = StreamHead(2, bytes(32))
+    with pytest.raises(ConcurrencyError):
+        await store.append([noted(stream, 3)], {stream: forged})  # Right version, wrong hash.
+    with pytest.raises(ConcurrencyError):
+        await store.append([noted(stream, 3), noted(stream, 4)], {stream: forged})
+    assert await count_events(pool) == before
+    assert (await verify_stream(store, stream)).ok
