@@ -19,6 +19,7 @@ from uuid import UUID, uuid4
 
 import asyncpg
 import msgspec
+import uvloop
 from eventsourcing.persistence import StoredEvent
 from eventsourcing.postgres import PostgresApplicationRecorder, PostgresDatastore
 
@@ -168,8 +169,12 @@ async def follow_rates(store: EventStore, pool: asyncpg.Pool) -> tuple[float, fl
     follow_rate = followed / (time.perf_counter() - started)
     started, scanned, after = time.perf_counter(), 0, 0
     while True:
+        # The same columns as the follower reads, in position order, without the
+        # commit-order filter: what a naive reader would do.
         rows = await pool.fetch(
-            "SELECT notification_id, tx, originator_id, originator_version, topic, state "
+            "SELECT notification_id, tx, event_id, originator_id, stream_type, "
+            "originator_version, topic, schema_version, recorded_at, actor, correlation_id, "
+            "causation_id, idempotency_key, state, prev_hash, hash "
             "FROM ledger.events WHERE notification_id > $1 ORDER BY notification_id LIMIT 1000",
             after,
         )
@@ -244,4 +249,4 @@ def parse_arguments() -> argparse.Namespace:
 
 
 if __name__ == "__main__":
-    asyncio.run(main(parse_arguments()))
+    uvloop.run(main(parse_arguments()))

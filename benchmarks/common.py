@@ -26,17 +26,17 @@ from ledger.migrate import migrate
 @contextlib.contextmanager
 def database_server() -> Iterator[str]:
     """A PostgreSQL server URL: from the environment, else an embedded one for this run."""
-    url = os.environ.get("LEDGER_BENCH_DATABASE_URL") or os.environ.get(
-        "LEDGER_TEST_DATABASE_URL"
-    )
+    url = os.environ.get("LEDGER_BENCH_DATABASE_URL") or os.environ.get("LEDGER_TEST_DATABASE_URL")
     if url:
         yield url
         return
     from ledger.embedded import EmbeddedPostgres
 
-    with tempfile.TemporaryDirectory(prefix="ledger-bench-") as folder:
-        with EmbeddedPostgres(Path(folder) / "postgres") as server:
-            yield server.url
+    with (
+        tempfile.TemporaryDirectory(prefix="ledger-bench-") as folder,
+        EmbeddedPostgres(Path(folder) / "postgres") as server,
+    ):
+        yield server.url
 
 
 def with_database(url: str, database: str) -> str:
