@@ -208,6 +208,12 @@ _READ_STREAM_SQL: Final = (
     "ORDER BY originator_version LIMIT $4"
 )
 
+_READ_STREAMS_AFTER_SQL: Final = (
+    f"SELECT {_EVENT_COLUMNS} FROM unnest($1::uuid[], $2::bigint[]) AS w (id, after) "
+    "JOIN ledger.events ON originator_id = w.id AND originator_version > w.after "
+    "ORDER BY originator_id, originator_version LIMIT $3"
+)
+
 # Only transactions below the snapshot's xmin have all ended, so no row can still
 # appear among them: following (tx, position) from a checkpoint never skips one.
 _READ_COMMITTED_SQL: Final = (
@@ -398,6 +404,29 @@ class EventStore:
             after_version = found[-1].version
         if not found and await self.stream_version(stream_id) == 0:
             raise StreamNotFoundError(stream_id)
+        return found
+
+    async def read_streams_after(self, after_versions: Mapping[UUID, int]) -> list[RecordedEvent]:
+        """The events of several streams past the versions given, in one query per batch,
+        grouped by stream in version order. A stream with no such events yields none."""
+        found: list[RecordedEvent] = []
+        wanted = dict(after_versions)
+        while wanted:
+            rows = await self.pool.fetch(
+                _READ_STREAMS_AFTER_SQL, list(wanted), list(wanted.values()), READ_BATCH_MAX
+            )
+            batch = [_record(row) for row in rows]
+            found.extend(batch)
+            if len(rows) < READ_BATCH_MAX:
+                break
+            # Streams the batch reached the end of are done; the last one may have more.
+            last = batch[-1]
+            wanted = {
+                stream_id: version
+                for stream_id, version in wanted.items()
+                if stream_id.bytes >= last.stream_id.bytes
+            }
+            wanted[last.stream_id] = last.version
         return found
 
     async def read_committed(

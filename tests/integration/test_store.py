@@ -245,3 +245,19 @@ async def test_appending_from_a_stale_head_is_a_conflict(
         await store.append([noted(stream, 3), noted(stream, 4)], {stream: forged})
     assert await count_events(pool) == before
     assert (await verify_stream(store, stream)).ok
+
+
+async def test_read_streams_after_returns_each_streams_tail_in_one_call(
+    store: EventStore,
+) -> None:
+    streams = [new_stream() for _ in range(3)]
+    for stream in streams:
+        await store.append([noted(stream, n) for n in range(4)], {stream: 0})
+    events = await store.read_streams_after({streams[0]: 0, streams[1]: 2, streams[2]: 4})
+    got = [(event.stream_id, event.version) for event in events]
+    assert sorted(got) == sorted(
+        [(streams[0], v) for v in range(1, 5)] + [(streams[1], 3), (streams[1], 4)]
+    )
+    for stream in streams:
+        versions = [version for stream_id, version in got if stream_id == stream]
+        assert versions == sorted(versions)
