@@ -1,0 +1,133 @@
+"""The Litestar application: `create_app(settings)` and the lifespan that owns its I/O.
+
+The lifespan opens the asyncpg pool and the NATS connection before the first request
+and closes both after the last one; handlers reach them through `app.state`, never
+through module globals. For now the app serves only the operational endpoints; the
+ledger's own API comes under /api/v1.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Final
+
+import asyncpg
+import msgspec
+import nats
+from litestar import Litestar, Response, get
+from litestar.datastructures import State
+from litestar.openapi import OpenAPIConfig
+from litestar.status_codes import HTTP_200_OK, HTTP_503_SERVICE_UNAVAILABLE
+from nats.aio.client import Client as NatsClient
+
+from ledger.settings import Settings
+
+POOL_SIZE_MAX: Final = 20
+CONNECT_TIMEOUT_S: Final = 10
+CLOSE_TIMEOUT_S: Final = 10.0
+READY_CHECK_TIMEOUT_S: Final = 2.0
+
+logger = logging.getLogger(__name__)
+
+
+class Health(msgspec.Struct, frozen=True):
+    status: str
+
+
+class Readiness(msgspec.Struct, frozen=True):
+    """`status` is "ok" only when every dependency is; each one says what is wrong."""
+
+    status: str
+    postgres: str
+    nats: str
+
+
+@get("/health", sync_to_thread=False, tags=["ops"])
+def health() -> Health:
+    """Liveness: the process answers. Dependencies are checked by /ready."""
+    return Health(status="ok")
+
+
+@get("/ready", tags=["ops"])
+async def ready(state: State) -> Response[Readiness]:
+    """Readiness: PostgreSQL answers a query and NATS is connected."""
+    postgres = await _postgres_status(state.pool)
+    nats_status = _nats_status(state.nats)
+    is_ready = postgres == "ok" and nats_status == "ok"
+    return Response(
+        Readiness(status="ok" if is_ready else "unavailable", postgres=postgres, nats=nats_status),
+        status_code=HTTP_200_OK if is_ready else HTTP_503_SERVICE_UNAVAILABLE,
+    )
+
+
+async def _postgres_status(pool: asyncpg.Pool) -> str:
+    try:
+        async with pool.acquire(timeout=READY_CHECK_TIMEOUT_S) as connection:
+            await connection.fetchval("SELECT 1", timeout=READY_CHECK_TIMEOUT_S)
+    # Any failure, whatever its type, means "not ready": report it rather than answer 500.
+    except Exception as error:
+        return f"error: {type(error).__name__}: {error}"
+    return "ok"
+
+
+def _nats_status(client: NatsClient) -> str:
+    if client.is_connected:
+        return "ok"
+    return "reconnecting" if client.is_reconnecting else "disconnected"
+
+
+def create_app(settings: Settings) -> Litestar:
+    """The API wired to the PostgreSQL and NATS that `settings` name."""
+    if settings.database_url is None or settings.nats_url is None:
+        raise ValueError("create_app needs settings with database_url and nats_url")
+    database_url, nats_url = settings.database_url, settings.nats_url
+
+    @asynccontextmanager
+    async def lifespan(app: Litestar) -> AsyncIterator[None]:
+        pool = await asyncpg.create_pool(
+            database_url, min_size=1, max_size=POOL_SIZE_MAX, timeout=CONNECT_TIMEOUT_S
+        )
+        try:
+            client = await _connect_nats(nats_url)
+            try:
+                app.state.pool, app.state.nats = pool, client
+                yield
+            finally:
+                await _close_nats(client)
+        finally:
+            await _close_pool(pool)
+
+    return Litestar(
+        route_handlers=[health, ready],
+        lifespan=[lifespan],
+        state=State({"settings": settings}),
+        openapi_config=OpenAPIConfig(title="Ledger", version="0.1.0", path="/schema"),
+    )
+
+
+async def _connect_nats(url: str) -> NatsClient:
+    # After the first connection, reconnect forever: /ready reports the outage meanwhile.
+    return await nats.connect(
+        url,
+        name="ledger-api",
+        connect_timeout=CONNECT_TIMEOUT_S,
+        max_reconnect_attempts=-1,
+    )
+
+
+async def _close_nats(client: NatsClient) -> None:
+    try:
+        await asyncio.wait_for(client.close(), CLOSE_TIMEOUT_S)
+    except TimeoutError:
+        logger.warning("NATS connection not closed after %.0f s", CLOSE_TIMEOUT_S)
+
+
+async def _close_pool(pool: asyncpg.Pool) -> None:
+    try:
+        await asyncio.wait_for(pool.close(), CLOSE_TIMEOUT_S)
+    except TimeoutError:
+        # Connections still busy after the timeout are cut rather than waited on forever.
+        pool.terminate()
