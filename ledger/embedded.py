@@ -45,6 +45,8 @@ STOP_TIMEOUT_S: Final = 30.0
 KILL_TIMEOUT_S: Final = 10.0
 POLL_INTERVAL_S: Final = 0.05
 LOG_TAIL_LINES: Final = 40
+# sun_path holds 108 bytes on Linux and 104 on macOS, the final NUL included.
+SOCKET_PATH_BYTES_MAX: Final = 100
 PR_SET_PDEATHSIG: Final = 1
 
 
@@ -160,6 +162,7 @@ class EmbeddedPostgres(EmbeddedServer):
         super().__init__(data_dir, port, start_timeout_s)
         self.pgdata = self.data_dir / "pgdata"
         self._socket_dir: Path | None = None
+        self._socket_dir_is_temporary = False
 
     @property
     def url(self) -> str:
@@ -175,10 +178,7 @@ class EmbeddedPostgres(EmbeddedServer):
         if not (self.pgdata / "PG_VERSION").exists():
             _initdb(self.pgdata, user)
         _remove_stale_pid_file(self.pgdata)
-        # A unix socket path must stay under ~100 bytes, so it cannot live in a deep data dir.
-        self._socket_dir = Path(tempfile.mkdtemp(prefix="ledger-pg-"))
-        if user is not None:
-            os.chown(self._socket_dir, user.pw_uid, user.pw_gid)
+        self._socket_dir = self._choose_socket_dir(user)
         try:
             self._spawn(self._argv(), user)
             self._wait_until(self._is_ready)
@@ -190,8 +190,22 @@ class EmbeddedPostgres(EmbeddedServer):
     def stop(self) -> None:
         super().stop()
         socket_dir, self._socket_dir = self._socket_dir, None
-        if socket_dir is not None:
+        if socket_dir is not None and self._socket_dir_is_temporary:
             shutil.rmtree(socket_dir, ignore_errors=True)
+
+    def _choose_socket_dir(self, user: pwd.struct_passwd | None) -> Path:
+        """The data dir if the socket's path fits in sun_path, else a short temporary dir.
+
+        The data dir is preferred: a folder in /tmp would outlive a SIGKILL of this process.
+        """
+        socket_path = self.data_dir / f".s.PGSQL.{self.port}"
+        self._socket_dir_is_temporary = len(os.fsencode(socket_path)) > SOCKET_PATH_BYTES_MAX
+        if not self._socket_dir_is_temporary:
+            return self.data_dir
+        socket_dir = Path(tempfile.mkdtemp(prefix="ledger-pg-"))
+        if user is not None:
+            os.chown(socket_dir, user.pw_uid, user.pw_gid)
+        return socket_dir
 
     def _argv(self) -> list[str]:
         assert self.port is not None

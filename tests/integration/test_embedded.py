@@ -11,6 +11,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import textwrap
 import time
 from collections.abc import Iterator
@@ -80,6 +81,21 @@ async def test_postgres_restart_on_the_same_dir_keeps_the_data(tmp_path: Path) -
             assert await connection.fetchval("SELECT note FROM kept") == "before restart"
         finally:
             await connection.close()
+
+
+async def test_a_data_dir_too_deep_for_a_unix_socket_still_works_and_leaves_no_trace(
+    tmp_path: Path,
+) -> None:
+    deep = tmp_path / ("deep" * 30) / "pg"
+    socket_dirs_before = temporary_socket_dirs()
+    with EmbeddedPostgres(deep) as server:
+        connection = await asyncpg.connect(server.url)
+        await connection.close()
+    assert temporary_socket_dirs() <= socket_dirs_before
+
+
+def temporary_socket_dirs() -> set[Path]:
+    return set(Path(tempfile.gettempdir()).glob("ledger-pg-*"))
 
 
 def test_a_stale_pid_file_naming_a_live_unrelated_process_does_not_block_start(
