@@ -46,7 +46,7 @@ async def test_update_and_delete_are_refused(
 async def test_truncate_is_refused(store: EventStore, superuser: asyncpg.Connection) -> None:
     await three_events(store)
     with pytest.raises(asyncpg.PostgresError, match="append-only"):
-        await superuser.execute("TRUNCATE ledger.events")
+        await superuser.execute("TRUNCATE ledger.events CASCADE")
 
 
 async def test_application_role_may_only_insert_and_select(
