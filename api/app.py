@@ -1,9 +1,10 @@
 """The Litestar application: `create_app(settings)` and the lifespan that owns its I/O.
 
 The lifespan opens the asyncpg pool and the NATS connection before the first request
-and closes both after the last one; handlers reach them through `app.state`, never
-through module globals. For now the app serves only the operational endpoints; the
-ledger's own API comes under /api/v1.
+and closes both after the last one, and builds what the routes use on top of them (the
+command layer, the password hasher's threads, the token issuer); handlers reach all of
+it through `app.state`, never through module globals. The ledger's API is under /api/v1
+(routers per area, api/*.py); errors are problem+json (api/errors.py).
 """
 
 from __future__ import annotations
@@ -20,15 +21,38 @@ import nats
 from litestar import Litestar, Response, get
 from litestar.datastructures import State
 from litestar.openapi import OpenAPIConfig
+from litestar.openapi.spec import Tag
 from litestar.status_codes import HTTP_200_OK, HTTP_503_SERVICE_UNAVAILABLE
 from nats.aio.client import Client as NatsClient
 
+from api import auth
+from api.errors import internal_error, problem_details_plugin
+from api.passwords import Passwords
+from api.registration import Registrar
+from api.request_id import echo_request_id
+from api.security import openapi_components
+from api.tokens import TokenIssuer
+from commands.runtime import Repository
 from ledger.settings import Settings
+from ledger.store import EventStore
 
 POOL_SIZE_MAX: Final = 20
 CONNECT_TIMEOUT_S: Final = 10
 CLOSE_TIMEOUT_S: Final = 10.0
 READY_CHECK_TIMEOUT_S: Final = 2.0
+# Every command body is small; a bigger one is refused (413) before it is read whole.
+REQUEST_BODY_BYTES_MAX: Final = 64 * 1024
+OPENAPI_TAGS: Final = (
+    Tag(name="auth", description="Sign-up, sign-in, token refresh and logout."),
+    Tag(name="users", description="The signed-in user."),
+    Tag(name="accounts", description="Cash accounts and deposits (admin)."),
+    Tag(name="instruments", description="Tradable instruments (admin)."),
+    Tag(name="strategies", description="Trading strategies (admin)."),
+    Tag(name="signals", description="Strategy signals (trader)."),
+    Tag(name="orders", description="Orders (trader) and their fills (execution)."),
+    Tag(name="audit", description="The raw event log (auditor, analyst)."),
+    Tag(name="ops", description="Liveness and readiness."),
+)
 
 logger = logging.getLogger(__name__)
 
@@ -83,7 +107,11 @@ def create_app(settings: Settings) -> Litestar:
     """The API wired to the PostgreSQL and NATS that `settings` name."""
     if settings.database_url is None or settings.nats_url is None:
         raise ValueError("create_app needs settings with database_url and nats_url")
+    if settings.jwt_secret is None:
+        # Replicas must share one key, so none is invented here (`ledger dev` persists one).
+        raise ValueError("create_app needs settings with jwt_secret (LEDGER_JWT_SECRET)")
     database_url, nats_url = settings.database_url, settings.nats_url
+    tokens = TokenIssuer(settings.jwt_secret)
 
     @asynccontextmanager
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
@@ -92,19 +120,40 @@ def create_app(settings: Settings) -> Litestar:
         )
         try:
             client = await _connect_nats(nats_url)
+            passwords = Passwords()
             try:
+                repository = Repository(EventStore(pool))
                 app.state.pool, app.state.nats = pool, client
+                app.state.tokens, app.state.passwords = tokens, passwords
+                app.state.repository = repository
+                app.state.registrar = Registrar(pool, repository, passwords)
                 yield
             finally:
+                passwords.close()
                 await _close_nats(client)
         finally:
             await _close_pool(pool)
 
     return Litestar(
-        route_handlers=[health, ready],
+        route_handlers=[
+            health,
+            ready,
+            auth.auth_router,
+            auth.users_router,
+        ],
         lifespan=[lifespan],
         state=State({"settings": settings}),
-        openapi_config=OpenAPIConfig(title="Ledger", version="0.1.0", path="/schema"),
+        openapi_config=OpenAPIConfig(
+            title="Ledger",
+            version="0.1.0",
+            path="/schema",
+            components=openapi_components(),
+            tags=list(OPENAPI_TAGS),
+        ),
+        plugins=[problem_details_plugin()],
+        exception_handlers={Exception: internal_error},
+        before_send=[echo_request_id],
+        request_max_body_size=REQUEST_BODY_BYTES_MAX,
     )
 
 

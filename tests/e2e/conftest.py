@@ -1,0 +1,97 @@
+"""The API over HTTP against real PostgreSQL and NATS: one app and database per session.
+
+Tests sign up their own users (unique emails), so they share the app without seeing
+each other's state. `Api` wraps the client with the few helpers every test needs.
+"""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+from litestar.testing import AsyncTestClient
+
+from api.app import create_app
+from api.users_admin import create_user
+from ledger.domain.user import Role
+from ledger.settings import Settings
+from tests.conftest import Databases
+
+PASSWORD = "correct horse battery staple"
+JWT_SECRET = secrets.token_urlsafe(48)
+
+
+class Api:
+    """The test client and a way to make signed-in users of any role."""
+
+    def __init__(self, client: AsyncTestClient[Any], settings: Settings) -> None:
+        self.client = client
+        self.settings = settings
+
+    @staticmethod
+    def new_email(label: str = "user") -> str:
+        return f"{label}-{secrets.token_hex(6)}@example.com"
+
+    async def user(self, role: Role) -> User:
+        email = self.new_email(role.value)
+        if role is Role.TRADER:
+            response = await self.client.post(
+                "/api/v1/auth/register", json={"email": email, "password": PASSWORD}
+            )
+            assert response.status_code == 201, response.text
+            user_id = response.json()["user_id"]
+        else:
+            assert self.settings.database_url is not None
+            user_id = str(await create_user(self.settings.database_url, email, PASSWORD, role))
+        tokens = await self.sign_in(email)
+        return User(user_id, email, role, tokens["access_token"], tokens["refresh_token"])
+
+    async def sign_in(self, email: str, password: str = PASSWORD) -> dict[str, Any]:
+        response = await self.client.post(
+            "/api/v1/auth/token", json={"email": email, "password": password}
+        )
+        assert response.status_code == 200, response.text
+        body: dict[str, Any] = response.json()
+        return body
+
+
+class User:
+    def __init__(
+        self, user_id: str, email: str, role: Role, access_token: str, refresh_token: str
+    ) -> None:
+        self.user_id = user_id
+        self.email = email
+        self.role = role
+        self.access_token = access_token
+        self.refresh_token = refresh_token
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.access_token}"}
+
+
+@pytest.fixture(scope="session")
+async def api_settings(databases: Databases, nats_url: str) -> Settings:
+    return Settings(
+        database_url=await databases.create("api"), nats_url=nats_url, jwt_secret=JWT_SECRET
+    )
+
+
+@pytest.fixture(scope="session")
+async def api(api_settings: Settings) -> AsyncIterator[Api]:
+    async with AsyncTestClient(app=create_app(api_settings)) as client:
+        yield Api(client, api_settings)
+
+
+def assert_problem(response: Any, status: int, code: str) -> dict[str, Any]:
+    """The response is problem+json with this status and code, a request id, no trace."""
+    assert response.status_code == status, response.text
+    assert response.headers["content-type"].startswith("application/problem+json")
+    body: dict[str, Any] = response.json()
+    assert body["status"] == status
+    assert body["code"] == code, body
+    assert body["request_id"] == response.headers["x-request-id"]
+    assert "Traceback" not in response.text
+    return body
