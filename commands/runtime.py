@@ -10,20 +10,30 @@ Loaded states are kept in a bounded in-process cache keyed by stream; a load rea
 the events past the cached version, so a long account stream costs one small query.
 The cache is a prefix of the log and never trusted beyond it: the append's head check
 is what makes a decision on stale state impossible to commit.
+
+Idempotency: the context's key goes to the store with the events. A retried command
+whose decision still stands is answered by the store with the first result; one whose
+decision is now refused or empty (the order exists already, the fill id is known) looks
+the key up before giving that answer, so a retry always gets the first result back.
 """
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import random
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
-from typing import Any, Final, TypeVar
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any, Final, NamedTuple, TypeVar
 from uuid import UUID
 
 import msgspec
 
-from ledger.domain import StreamEvent, decode_event
+from ledger.domain import DomainError, Event, StreamEvent, decode_event
+from ledger.domain.base import assert_utc
+from ledger.domain.errors import ValidationError
 from ledger.domain.registry import EVOLVERS
 from ledger.errors import ConcurrencyError
 from ledger.store import NEW_STREAM, AppendResult, Checkpoint, EventStore, NewEvent, StreamHead
@@ -34,6 +44,16 @@ BACKOFF_MAX_S: Final = 0.100
 CACHE_STREAMS_MAX: Final = 50_000
 
 T = TypeVar("T")
+
+
+class WrongStreamTypeError(ValidationError):
+    """Raised when a command names, as one kind of aggregate, the id of another kind."""
+
+    code = "WRONG_STREAM_TYPE"
+
+    def __init__(self, stream_id: UUID, actual: str, wanted: str) -> None:
+        self.stream_id = stream_id
+        super().__init__(f"stream {stream_id} is a {actual}, not a {wanted}")
 
 
 class CommandContext(msgspec.Struct, frozen=True, kw_only=True):
@@ -56,7 +76,11 @@ class Loaded(msgspec.Struct, frozen=True):
 
 
 class CommandResult(msgspec.Struct, frozen=True):
-    """What a command did: its events (empty for a no-op) and the append's token."""
+    """What a command did: its events (empty for a no-op) and the append's token.
+
+    For a command answered from its idempotency key, the events are the first
+    attempt's, read back from the log, and `append.replayed` is true.
+    """
 
     events: list[StreamEvent]
     append: AppendResult | None
@@ -64,6 +88,13 @@ class CommandResult(msgspec.Struct, frozen=True):
     @property
     def consistency_token(self) -> Checkpoint | None:
         return None if self.append is None else self.append.token
+
+    @property
+    def replayed(self) -> bool:
+        return self.append is not None and self.append.replayed
+
+
+NOTHING: Final = CommandResult([], None)
 
 
 class StreamCache:
@@ -93,6 +124,9 @@ class StreamCache:
         for stream_id in stream_ids:
             self._entries.pop(stream_id, None)
 
+    def __len__(self) -> int:
+        return len(self._entries)
+
 
 class Repository:
     """Loads streams into domain states and appends decisions, through the event store."""
@@ -101,20 +135,27 @@ class Repository:
         self.store = store
         self.cache = cache if cache is not None else StreamCache()
 
+    def cached_state(self, stream_id: UUID, stream_type: str) -> Any:
+        """The last state this process saw of a stream, perhaps stale; None if not cached
+        (or cached as another type, which the next load refuses).
+
+        Only for what never changes once recorded (an order's account and instrument),
+        to know which streams to load next without a query.
+        """
+        entry = self.cache.get(stream_id)
+        return None if entry is None or entry.stream_type != stream_type else entry.state
+
     async def load(self, wanted: Mapping[UUID, str]) -> dict[UUID, Loaded]:
         """The states of the streams wanted (stream id -> stream type), in one query."""
-        start = {
-            stream_id: self.cache.get(stream_id) or Loaded(stream_id, kind, None, NEW_STREAM)
-            for stream_id, kind in wanted.items()
-        }
+        start = {stream_id: self._start(stream_id, kind) for stream_id, kind in wanted.items()}
         after = {stream_id: loaded.head.version for stream_id, loaded in start.items()}
         loaded = dict(start)
         for recorded in await self.store.read_streams_after(after):
             current = loaded[recorded.stream_id]
-            assert recorded.stream_type == current.stream_type, (
-                f"stream {recorded.stream_id} is a {recorded.stream_type}, "
-                f"loaded as a {current.stream_type}"
-            )
+            if recorded.stream_type != current.stream_type:
+                raise WrongStreamTypeError(
+                    recorded.stream_id, recorded.stream_type, current.stream_type
+                )
             event = decode_event(recorded.topic, recorded.data)
             state = EVOLVERS[current.stream_type](current.state, event)
             head = StreamHead(recorded.version, recorded.hash)
@@ -125,6 +166,14 @@ class Repository:
             else:
                 assert result is start[stream_id]
         return loaded
+
+    def _start(self, stream_id: UUID, kind: str) -> Loaded:
+        cached = self.cache.get(stream_id)
+        if cached is None:
+            return Loaded(stream_id, kind, None, NEW_STREAM)
+        if cached.stream_type != kind:
+            raise WrongStreamTypeError(stream_id, cached.stream_type, kind)
+        return cached
 
     async def save(
         self,
@@ -154,8 +203,12 @@ class Repository:
                 idempotency_key=context.idempotency_key,
                 fingerprint=context.fingerprint,
             )
-        except ConcurrencyError:
-            self.cache.forget(expected)
+        except ConcurrencyError as conflict:
+            # A later version means the cached states are still a prefix of the log, and
+            # the retry's load reads only what was appended since. The same version with
+            # another hash means a cached head is not the log's: trust none of them.
+            if conflict.actual_version == conflict.expected_version:
+                self.cache.forget(expected)
             raise
         if result.replayed:
             # The first attempt's events are in the log, not necessarily these: reload later.
@@ -173,6 +226,34 @@ class Repository:
         for item in {item.stream_id: item for item in events}.values():
             head = result.head_of(item.stream_id)
             self.cache.put(Loaded(item.stream_id, item.stream_type, states[item.stream_id], head))
+
+    async def first_result(self, context: CommandContext) -> CommandResult | None:
+        """The first result of the context's idempotency key; None without a key or if unused.
+
+        Raises IdempotencyConflictError when the key was used for another command.
+        """
+        if context.idempotency_key is None:
+            return None
+        append = await self.store.replay(context.idempotency_key, context.fingerprint)
+        if append is None:
+            return None
+        return CommandResult(await self.events_of(append), append)
+
+    async def events_of(self, append: AppendResult) -> list[StreamEvent]:
+        """The events an append wrote, read back from the log (one query per stream)."""
+        versions: dict[UUID, list[int]] = {}
+        for appended in append.events:
+            versions.setdefault(appended.stream_id, []).append(appended.version)
+        found: dict[tuple[UUID, int], StreamEvent] = {}
+        for stream_id, numbers in versions.items():
+            recorded = await self.store.read_stream(
+                stream_id, after_version=min(numbers) - 1, up_to_version=max(numbers)
+            )
+            for item in recorded:
+                event = decode_event(item.topic, item.data)
+                found[(stream_id, item.version)] = StreamEvent(stream_id, item.stream_type, event)
+        # In log position order, the order in which the append inserted them.
+        return [found[(appended.stream_id, appended.version)] for appended in append.events]
 
 
 def _head(loaded: Mapping[UUID, Loaded], stream_id: UUID) -> StreamHead:
@@ -192,3 +273,104 @@ async def retrying(attempt: Callable[[], Awaitable[T]], *, attempts: int = ATTEM
             ceiling = min(BACKOFF_MAX_S, BACKOFF_BASE_S * 2**number)
             await asyncio.sleep(random.uniform(0, ceiling))
     raise AssertionError("unreachable")
+
+
+def utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+@dataclass(frozen=True, slots=True)
+class Ledger:
+    """What every handler needs: the repository, the clock, the bound on attempts.
+
+    Built once by commands.bootstrap.bootstrap; handlers take it as their first argument.
+    """
+
+    repository: Repository
+    clock: Callable[[], datetime] = field(default=utc_now)
+    attempts_max: int = ATTEMPTS_MAX
+
+    def now(self, given: datetime | None = None) -> datetime:
+        """The business time of a command: the one given, else the clock's."""
+        moment = self.clock() if given is None else given
+        assert_utc(moment)
+        return moment
+
+
+class Decision(NamedTuple):
+    """A decision's events and the loaded streams they are appended against."""
+
+    events: list[StreamEvent]
+    loaded: Mapping[UUID, Loaded]
+
+
+def wanted(*streams: tuple[UUID, str]) -> dict[UUID, str]:
+    """Stream id -> stream type for a load; one id named as two kinds is refused."""
+    found: dict[UUID, str] = {}
+    for stream_id, kind in streams:
+        if found.setdefault(stream_id, kind) != kind:
+            raise WrongStreamTypeError(stream_id, found[stream_id], kind)
+    return found
+
+
+def on_stream(loaded: Loaded, events: Iterable[Event]) -> list[StreamEvent]:
+    return [StreamEvent(loaded.stream_id, loaded.stream_type, event) for event in events]
+
+
+def fingerprinted(context: CommandContext, command: msgspec.Struct) -> CommandContext:
+    """The context with a fingerprint of the command when it has a key but no fingerprint,
+    so that the same key sent with another command is refused rather than replayed."""
+    if context.idempotency_key is None or context.fingerprint is not None:
+        return context
+    kind = f"{type(command).__module__}:{type(command).__qualname__}\n".encode()
+    digest = hashlib.sha256(kind + msgspec.json.encode(command)).digest()
+    return msgspec.structs.replace(context, fingerprint=digest)
+
+
+async def execute(
+    ledger: Ledger,
+    command: msgspec.Struct,
+    context: CommandContext,
+    decide: Callable[[], Awaitable[Decision]],
+) -> CommandResult:
+    """Load and decide (``decide``), then append, all again on a conflict.
+
+    A refused or empty decision is checked against the idempotency key first: if the
+    key was used, the command was already done and its first result is the answer.
+    """
+    context = fingerprinted(context, command)
+    repository = ledger.repository
+
+    async def attempt() -> CommandResult:
+        try:
+            decision = await decide()
+        except DomainError:
+            first = await repository.first_result(context)
+            if first is None:
+                raise
+            return first
+        if not decision.events:
+            return await repository.first_result(context) or NOTHING
+        append = await repository.save(decision.events, decision.loaded, context)
+        if append.replayed:
+            return CommandResult(await repository.events_of(append), append)
+        return CommandResult(decision.events, append)
+
+    return await retrying(attempt, attempts=ledger.attempts_max)
+
+
+async def execute_on_stream(
+    ledger: Ledger,
+    command: msgspec.Struct,
+    context: CommandContext,
+    stream: tuple[UUID, str],
+    decide: Callable[[Any], list[Event]],
+) -> CommandResult:
+    """`execute` for a decision on one stream: ``decide(state) -> events``."""
+
+    async def load_and_decide() -> Decision:
+        loaded = await ledger.repository.load(wanted(stream))
+        target = loaded[stream[0]]
+        return Decision(on_stream(target, decide(target.state)), loaded)
+
+    return await execute(ledger, command, context, load_and_decide)

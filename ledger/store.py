@@ -347,6 +347,14 @@ class EventStore:
                 heads[stream_id] = StreamHead(version, found[stream_id])
         return heads
 
+    async def replay(self, idempotency_key: str, fingerprint: bytes | None) -> AppendResult | None:
+        """The first result of an idempotency key, for a retry that has nothing to append
+        (its decision is now refused or empty); None if the key was never used.
+
+        Raises IdempotencyConflictError when the key was used with another fingerprint.
+        """
+        return await self._replay(self.pool, idempotency_key, fingerprint)
+
     async def _replay(
         self,
         executor: asyncpg.Pool | asyncpg.Connection,
