@@ -51,7 +51,13 @@ CURRENCIES: Final = ("USD", "EUR")
 class Scenario:
     """Drives one seeded session against an event store; `run(steps)` appends its events."""
 
-    def __init__(self, store: EventStore, seed: int, *, start: datetime = START) -> None:
+    def __init__(
+        self, store: EventStore, seed: int, *, start: datetime = START, tag: str = ""
+    ) -> None:
+        # Emails and symbols are unique in the read models: sessions sharing a database
+        # need tags of their own (or share one on purpose, to make a poison event).
+        assert tag == "" or tag.isalnum(), tag
+        self.tag = tag.upper()
         self.repository = Repository(store)
         self.random = random.Random(seed)
         self.now = start
@@ -114,7 +120,7 @@ class Scenario:
         user_id = self.new_id()
         command = user.RegisterUser(
             user_id=user_id,
-            email=f"trader{len(self.users)}@example.com",
+            email=f"trader{len(self.users)}{self.tag.lower()}@example.com",
             display_name=f"Trader {len(self.users)}",
             role=user.Role.TRADER,
             password_hash=PASSWORD_HASH,
@@ -217,7 +223,7 @@ class Scenario:
         instrument_id = self.new_id()
         command = instrument.ListInstrument(
             instrument_id=instrument_id,
-            symbol=f"{prefix}{len(self.instruments)}",
+            symbol=f"{prefix}{len(self.instruments)}{self.tag}",
             currency=currency,
             tick_size=tick,
             lot_size=lot,

@@ -1,0 +1,294 @@
+"""`ledger project`: one durable JetStream pull consumer per projection, applied in order.
+
+Per projection, a runner takes a PostgreSQL advisory lock on a connection of its own
+(several worker processes can run; one applies a projection at a time, the others stand
+by), binds the durable pull consumer `<consumer_prefix>-<name>` on the relay's stream
+(every subject, so sequences arrive gapless), and loops: fetch a bounded batch, apply it
+with apply_batch (rows and checkpoint in one transaction), then ack. Redeliveries at or
+below the checkpoint are skipped by the engine. A batch that starts past checkpoint + 1
+(messages redelivered late, or trimmed from the stream) is preceded by the missing events
+read from the log itself.
+
+Failures: connection and timeout errors are transient, retried with capped backoff for as
+long as it takes. Any other error is a poison candidate: the batch is re-applied event by
+event, each with RETRIES of backoff, and the first event that still fails is parked: its
+checkpoint row gets failing = true, last_error and parked_sequence, the events before it
+stay applied and acked, it and the rest are not acked, and the projection stops (the
+others go on). Nothing is skipped. A restart tries the parked event again; once it
+applies, the failing flag is cleared with the checkpoint.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Iterable, Sequence
+from typing import Any, Final
+
+import asyncpg
+import msgspec
+import nats
+import nats.errors
+from nats.aio.client import Client as NatsClient
+from nats.aio.msg import Msg
+from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
+
+from projections import source
+from projections.base import STATEMENT_TIMEOUT_S, LoggedEvent, Projection
+from projections.engine import Applied, SequenceGapError, apply_batch
+from projections.registry import select
+
+WORKER_LOCK_CLASS: Final = 0x1ED6E8
+LAST_ERROR_LENGTH_MAX: Final = 4_000
+TRANSIENT: Final = (
+    OSError,
+    TimeoutError,
+    asyncpg.PostgresConnectionError,
+    asyncpg.InterfaceError,
+    asyncpg.exceptions.SerializationError,
+    asyncpg.exceptions.DeadlockDetectedError,
+    asyncpg.exceptions.LockNotAvailableError,
+    asyncpg.exceptions.QueryCanceledError,
+    asyncpg.exceptions.InvalidCachedStatementError,
+    nats.errors.ConnectionClosedError,
+    nats.errors.NoServersError,
+)
+
+log = logging.getLogger("projections.worker")
+
+
+class WorkerOptions(msgspec.Struct, frozen=True, kw_only=True):
+    """Names and bounds of the projection workers; the defaults are `ledger project`'s."""
+
+    stream_name: str = "LEDGER"
+    subject_prefix: str = "ledger"
+    consumer_prefix: str = "projection"
+    fetch_batch: int = 500
+    fetch_timeout_s: float = 1.0
+    ack_wait_s: float = 30.0
+    max_ack_pending: int = 5_000
+    retries: int = 5
+    backoff_base_s: float = 0.05
+    backoff_max_s: float = 5.0
+    standby_retry_s: float = 1.0
+    connect_timeout_s: float = 5.0
+
+    def __post_init__(self) -> None:
+        assert 1 <= self.fetch_batch <= source.READ_BATCH_MAX, self.fetch_batch
+        assert self.fetch_batch <= self.max_ack_pending, self.max_ack_pending
+        assert 0 < self.fetch_timeout_s < self.ack_wait_s
+        assert 1 <= self.retries <= 100, self.retries
+        assert 0 < self.backoff_base_s <= self.backoff_max_s
+
+
+class Parked(msgspec.Struct, frozen=True):
+    """A projection stopped on a poison event."""
+
+    name: str
+    sequence: int
+    error: str
+
+
+async def run_projections(
+    database_url: str,
+    nats_url: str,
+    names: Iterable[str] = ("all",),
+    *,
+    stream_name: str = "LEDGER",
+    stop: asyncio.Event | None = None,
+    options: WorkerOptions | None = None,
+) -> list[Parked]:
+    """Run the projections named until `stop` is set; return those parked on a poison event."""
+    options = msgspec.structs.replace(options or WorkerOptions(), stream_name=stream_name)
+    stop = asyncio.Event() if stop is None else stop
+    projections = select(names)
+    servers = [url.strip() for url in nats_url.split(",") if url.strip()]
+    client = await nats.connect(
+        servers=servers,
+        name="ledger-projections",
+        connect_timeout=max(1, round(options.connect_timeout_s)),
+        max_reconnect_attempts=-1,
+    )
+    pool = await asyncpg.create_pool(
+        database_url, min_size=1, max_size=len(projections) + 1, timeout=options.connect_timeout_s
+    )
+    runners = [Runner(projection, pool, client, options) for projection in projections]
+    tasks = [asyncio.create_task(runner.run(stop), name=runner.name) for runner in runners]
+    stopping: asyncio.Future[Any] = asyncio.ensure_future(stop.wait())
+    everything: asyncio.Future[Any] = asyncio.gather(*tasks)
+    try:
+        await asyncio.wait({stopping, everything}, return_when=asyncio.FIRST_COMPLETED)
+        if everything.done():
+            everything.result()  # A runner's unexpected error is the caller's to see.
+    finally:
+        stopping.cancel()
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        if everything.done() and not everything.cancelled():
+            everything.exception()  # Retrieved, so asyncio does not log it as lost.
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(client.drain(), timeout=options.connect_timeout_s)
+        await asyncio.wait_for(pool.close(), timeout=options.connect_timeout_s)
+    return [runner.parked for runner in runners if runner.parked is not None]
+
+
+class Runner:
+    """One projection's consumer loop."""
+
+    def __init__(
+        self, projection: Projection, pool: asyncpg.Pool, client: NatsClient, options: WorkerOptions
+    ) -> None:
+        self.projection = projection
+        self.name = f"projection-{projection.name}"
+        self.pool = pool
+        self.client = client
+        self.options = options
+        self.parked: Parked | None = None
+
+    async def run(self, stop: asyncio.Event) -> None:
+        failures = 0
+        while not stop.is_set() and self.parked is None:
+            try:
+                async with self.pool.acquire(timeout=self.options.connect_timeout_s) as connection:
+                    await self._lead(connection, stop)
+                failures = 0
+            except TRANSIENT as error:
+                failures = min(failures + 1, 16)
+                delay_s = self._backoff_s(failures)
+                log.warning("%s: %r; retrying in %.2fs", self.name, error, delay_s)
+                await _wait(stop, delay_s)
+
+    def _backoff_s(self, attempt: int) -> float:
+        return min(self.options.backoff_base_s * 2.0**attempt, self.options.backoff_max_s)
+
+    async def _lead(self, connection: asyncpg.Connection, stop: asyncio.Event) -> None:
+        """Stand by until this connection holds the projection's lock, then consume."""
+        lock = (WORKER_LOCK_CLASS, self.projection.name)
+        while not await connection.fetchval(
+            "SELECT pg_try_advisory_lock($1, hashtext($2))", *lock, timeout=STATEMENT_TIMEOUT_S
+        ):
+            await _wait(stop, self.options.standby_retry_s)
+            if stop.is_set():
+                return
+        try:
+            await self._consume(connection, stop)
+        finally:
+            with contextlib.suppress(*TRANSIENT, asyncpg.PostgresError):
+                await connection.execute(
+                    "SELECT pg_advisory_unlock($1, hashtext($2))", *lock, timeout=2.0
+                )
+
+    async def _consume(self, connection: asyncpg.Connection, stop: asyncio.Event) -> None:
+        options = self.options
+        durable = f"{options.consumer_prefix}-{self.projection.name}"
+        stream = self.client.jetstream(timeout=options.connect_timeout_s)
+        subscription = await stream.pull_subscribe(
+            f"{options.subject_prefix}.>",
+            durable=durable,
+            stream=options.stream_name,
+            config=ConsumerConfig(
+                durable_name=durable,
+                ack_policy=AckPolicy.EXPLICIT,
+                deliver_policy=DeliverPolicy.ALL,
+                ack_wait=options.ack_wait_s,
+                max_ack_pending=options.max_ack_pending,
+            ),
+        )
+        try:
+            while not stop.is_set() and self.parked is None:
+                try:
+                    messages = await subscription.fetch(
+                        options.fetch_batch, timeout=options.fetch_timeout_s
+                    )
+                except nats.errors.TimeoutError:
+                    continue
+                await self._handle(connection, messages)
+        finally:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(subscription.unsubscribe(), timeout=2.0)
+
+    async def _handle(self, connection: asyncpg.Connection, messages: Sequence[Msg]) -> None:
+        """Apply a fetched batch and ack what is applied; park on a poison event."""
+        events: list[LoggedEvent] = []
+        for message in messages:
+            try:
+                events.append(msgspec.json.decode(message.data, type=LoggedEvent))
+            except msgspec.DecodeError as error:
+                # Unreadable: cannot even be ordered; applied past it would skip it.
+                await self._park(connection, _header_sequence(message), repr(error))
+                return
+        applied = await self._apply_isolating(connection, events)
+        for message, event in zip(messages, events, strict=True):
+            if event.sequence <= applied:
+                await message.ack()
+
+    async def _apply_isolating(
+        self, connection: asyncpg.Connection, events: list[LoggedEvent]
+    ) -> int:
+        """Apply the batch; on a non-transient error, one event at a time to find the poison.
+
+        Returns the checkpoint reached."""
+        try:
+            return (await self._apply(connection, events)).after
+        except TRANSIENT:
+            raise
+        except Exception as error:
+            log.warning("%s: batch failed (%r); applying event by event", self.name, error)
+        checkpoint = 0
+        for event in sorted(events, key=lambda item: item.sequence):
+            for attempt in range(1, self.options.retries + 1):
+                try:
+                    checkpoint = (await self._apply(connection, [event])).after
+                    break
+                except TRANSIENT:
+                    raise
+                except Exception as error:
+                    if attempt == self.options.retries:
+                        await self._park(connection, event.sequence, repr(error))
+                        return checkpoint
+                    await asyncio.sleep(self._backoff_s(attempt))
+        return checkpoint
+
+    async def _apply(self, connection: asyncpg.Connection, events: list[LoggedEvent]) -> Applied:
+        """apply_batch, first filling from the log any gap before the batch."""
+        try:
+            return await apply_batch(connection, self.projection, events)
+        except SequenceGapError as gap:
+            after = gap.expected - 1
+            while after < gap.found - 1:
+                missing = await source.read_after(
+                    connection, after, up_to=gap.found - 1, limit=self.options.fetch_batch
+                )
+                if not missing:
+                    raise
+                after = (await apply_batch(connection, self.projection, missing)).after
+            return await apply_batch(connection, self.projection, events)
+
+    async def _park(self, connection: asyncpg.Connection, sequence: int, error: str) -> None:
+        log.error("%s: parked at sequence %s: %s", self.name, sequence, error)
+        self.parked = Parked(self.projection.name, sequence, error)
+        await connection.execute(
+            "INSERT INTO read.checkpoints AS c (projection, failing, last_error, parked_sequence) "
+            "VALUES ($1, true, $2, $3) ON CONFLICT (projection) DO UPDATE SET failing = true, "
+            "last_error = $2, parked_sequence = $3, updated_at = now()",
+            self.projection.name,
+            error[:LAST_ERROR_LENGTH_MAX],
+            sequence if sequence >= 1 else None,
+            timeout=STATEMENT_TIMEOUT_S,
+        )
+
+
+def _header_sequence(message: Msg) -> int:
+    headers: dict[str, Any] = message.headers or {}
+    try:
+        return int(headers.get("Ledger-Sequence", 0))
+    except ValueError:
+        return 0
+
+
+async def _wait(event: asyncio.Event, timeout_s: float) -> None:
+    with contextlib.suppress(TimeoutError):
+        async with asyncio.timeout(timeout_s):
+            await event.wait()
