@@ -25,16 +25,15 @@ from litestar.openapi.spec import Tag
 from litestar.status_codes import HTTP_200_OK, HTTP_503_SERVICE_UNAVAILABLE
 from nats.aio.client import Client as NatsClient
 
-from api import auth
+from api import accounts, auth, instruments, orders, signals, strategies
 from api.errors import internal_error, problem_details_plugin
 from api.passwords import Passwords
 from api.registration import Registrar
 from api.request_id import echo_request_id
 from api.security import openapi_components
 from api.tokens import TokenIssuer
-from commands.runtime import Repository
+from commands.bootstrap import bootstrap
 from ledger.settings import Settings
-from ledger.store import EventStore
 
 POOL_SIZE_MAX: Final = 20
 CONNECT_TIMEOUT_S: Final = 10
@@ -122,11 +121,11 @@ def create_app(settings: Settings) -> Litestar:
             client = await _connect_nats(nats_url)
             passwords = Passwords()
             try:
-                repository = Repository(EventStore(pool))
+                ledger = bootstrap(pool)
                 app.state.pool, app.state.nats = pool, client
                 app.state.tokens, app.state.passwords = tokens, passwords
-                app.state.repository = repository
-                app.state.registrar = Registrar(pool, repository, passwords)
+                app.state.ledger = ledger
+                app.state.registrar = Registrar(pool, ledger, passwords)
                 yield
             finally:
                 passwords.close()
@@ -140,6 +139,11 @@ def create_app(settings: Settings) -> Litestar:
             ready,
             auth.auth_router,
             auth.users_router,
+            accounts.router,
+            instruments.router,
+            strategies.router,
+            signals.router,
+            orders.router,
         ],
         lifespan=[lifespan],
         state=State({"settings": settings}),

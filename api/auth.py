@@ -94,7 +94,8 @@ async def token(request: Request[Any, Any, State], data: JSONBody[TokenRequest])
             "too many failed sign-ins for this email; try again later",
             headers={"Retry-After": str(LOCKOUT_RETRY_AFTER_S)},
         )
-    credential = await credentials.by_email(state.pool, email)
+    registrar: Registrar = state.registrar
+    credential = await registrar.credential_for(email)
     matches = await passwords.verify(
         None if credential is None else credential.password_hash, data.password
     )

@@ -21,10 +21,11 @@ import asyncpg
 import msgspec
 from litestar import Request, Response
 
+from api.consistency import encode_token
 from api.errors import ApiProblem
 from api.request_id import correlation_id_of, request_id_of
 from api.security import principal_of
-from commands.runtime import CommandContext
+from commands.runtime import CommandContext, CommandResult
 
 HEADER: Final = "idempotency-key"
 KEY_PATTERN: Final = re.compile(r"[\x21-\x7e]{1,200}")
@@ -144,3 +145,9 @@ def _key_reused(key: str) -> ApiProblem:
     return ApiProblem(
         409, "IDEMPOTENCY_KEY_REUSED", f"Idempotency-Key {key!r} was used for another request"
     )
+
+
+def token_of(result: CommandResult) -> str | None:
+    """The result's consistency token, or None when the command appended nothing."""
+    checkpoint = result.consistency_token
+    return None if checkpoint is None else encode_token(checkpoint)

@@ -83,38 +83,20 @@ async def for_access_token(
     return _credential(row), bool(row["revoked"])
 
 
-async def insert(connection: asyncpg.Connection, credential: Credential) -> None:
-    """Raises asyncpg.UniqueViolationError when the email is taken."""
-    await connection.execute(
-        f"INSERT INTO auth.credentials ({_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6)",
+async def upsert(executor: asyncpg.Pool | asyncpg.Connection, credential: Credential) -> None:
+    """Insert or refresh a user's row from its stream's state; never an older version."""
+    await executor.execute(
+        f"INSERT INTO auth.credentials ({_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6) "
+        "ON CONFLICT (user_id) DO UPDATE SET email = EXCLUDED.email, "
+        "password_hash = EXCLUDED.password_hash, role = EXCLUDED.role, "
+        "token_version = EXCLUDED.token_version, disabled = EXCLUDED.disabled, "
+        "updated_at = now() WHERE auth.credentials.token_version <= EXCLUDED.token_version",
         credential.user_id,
         credential.email,
         credential.password_hash,
         credential.role.value,
         credential.token_version,
         credential.disabled,
-    )
-
-
-async def update(
-    executor: asyncpg.Pool | asyncpg.Connection,
-    user_id: uuid.UUID,
-    *,
-    token_version: int,
-    password_hash: str | None = None,
-    role: Role | None = None,
-    disabled: bool | None = None,
-) -> None:
-    """Mirror a user event: the new token_version revokes every earlier token."""
-    await executor.execute(
-        "UPDATE auth.credentials SET token_version = greatest(token_version, $2), "
-        "password_hash = coalesce($3, password_hash), role = coalesce($4, role), "
-        "disabled = coalesce($5, disabled), updated_at = now() WHERE user_id = $1",
-        user_id,
-        token_version,
-        password_hash,
-        None if role is None else role.value,
-        disabled,
     )
 
 

@@ -1,39 +1,26 @@
-"""Registering a user: the user command, and the API's credential row beside it.
+"""Users through the command layer, mirrored into the API's auth.credentials.
 
-The credential row is inserted first, in a transaction held open while the command
-appends: its unique email index makes a second registration of the same email wait
-for the first and then fail with EMAIL_TAKEN, and a refused command rolls the row
-back. The append and the credential commit are two transactions; if the process dies
-between them the user exists in the log without a credential (an admin re-creates
-it), never the reverse. The number of registrations in flight is bounded, because
-each holds two pool connections.
+auth.credentials is a synchronous cache of each user's stream: after every user
+command the API copies the stream's state (email, password hash, role, token_version,
+disabled) into it, never moving token_version backwards. If the process dies between
+the append and the copy, the next sign-in with that email finds no row, loads the
+user's stream (its id is derived from the email) and copies it then, so the log stays
+the one source of truth and nothing is lost.
 """
 
 from __future__ import annotations
 
-import asyncio
 import uuid
-from typing import Final
 
 import asyncpg
 import msgspec
 
 from api import credentials
 from api.passwords import Passwords
-from api.tokens import utc_now
-from commands.runtime import CommandContext, CommandResult, Repository, retrying
-from ledger.domain import StreamEvent
-from ledger.domain.errors import EmailTakenError
-from ledger.domain.user import (
-    STREAM_TYPE,
-    RegisterUser,
-    Role,
-    decide_register_user,
-    normalize_email,
-)
-
-REGISTRATIONS_IN_FLIGHT_MAX: Final = 4
-ACQUIRE_TIMEOUT_S: Final = 10.0
+from commands import users
+from commands.runtime import CommandContext, CommandResult, Ledger
+from ledger.domain.errors import InvalidEmailError
+from ledger.domain.user import STREAM_TYPE, Role, UserState
 
 
 class Registered(msgspec.Struct, frozen=True, kw_only=True):
@@ -44,13 +31,12 @@ class Registered(msgspec.Struct, frozen=True, kw_only=True):
 
 
 class Registrar:
-    """Registers users through the command layer and mirrors them into auth.credentials."""
+    """Registers users and keeps their credential rows in step with their streams."""
 
-    def __init__(self, pool: asyncpg.Pool, repository: Repository, passwords: Passwords) -> None:
+    def __init__(self, pool: asyncpg.Pool, ledger: Ledger, passwords: Passwords) -> None:
         self.pool = pool
-        self.repository = repository
+        self.ledger = ledger
         self.passwords = passwords
-        self._in_flight = asyncio.Semaphore(REGISTRATIONS_IN_FLIGHT_MAX)
 
     async def register(
         self,
@@ -61,48 +47,47 @@ class Registrar:
         role: Role,
         context: CommandContext,
     ) -> Registered:
-        normalized = normalize_email(email)
+        user_id = users.user_stream_id(email)  # Raises InvalidEmailError first.
         password_hash = await self.passwords.hash(password)
-        command = RegisterUser(
-            user_id=uuid.uuid4(),
+        normalized = email.strip().lower()
+        command = users.RegisterUser(
             email=normalized,
             display_name=display_name or normalized.split("@", 1)[0],
             role=role,
             password_hash=password_hash,
         )
-        credential = credentials.Credential(
-            user_id=command.user_id,
-            email=normalized,
-            password_hash=password_hash,
-            role=role,
-            token_version=1,
-            disabled=False,
-        )
-        async with (
-            self._in_flight,
-            self.pool.acquire(timeout=ACQUIRE_TIMEOUT_S) as connection,
-            connection.transaction(),
-        ):
-            try:
-                await credentials.insert(connection, credential)
-            except asyncpg.UniqueViolationError:
-                raise EmailTakenError(f"email {normalized} is already registered") from None
-            result = await register_user(self.repository, command, context)
-        return Registered(user_id=command.user_id, email=normalized, role=role, result=result)
+        result = await users.register_user(self.ledger, command, context)
+        state = await self.sync(user_id)
+        assert state is not None, "a registered user has a stream"
+        return Registered(user_id=user_id, email=state.email, role=state.role, result=result)
 
+    async def sync(self, user_id: uuid.UUID) -> UserState | None:
+        """Copy the user's stream state into auth.credentials; None if no such user."""
+        loaded = await self.ledger.repository.load({user_id: STREAM_TYPE})
+        state: UserState | None = loaded[user_id].state
+        if state is not None:
+            await credentials.upsert(
+                self.pool,
+                credentials.Credential(
+                    user_id=state.user_id,
+                    email=state.email,
+                    password_hash=state.password_hash,
+                    role=state.role,
+                    token_version=state.token_version,
+                    disabled=state.disabled,
+                ),
+            )
+        return state
 
-async def register_user(
-    repository: Repository, command: RegisterUser, context: CommandContext
-) -> CommandResult:
-    """Load the new user's stream, decide, append; the credential row guards the email."""
-
-    async def attempt() -> CommandResult:
-        loaded = await repository.load({command.user_id: STREAM_TYPE})
-        events = decide_register_user(
-            loaded[command.user_id].state, command, now=utc_now(), email_taken=False
-        )
-        stream_events = [StreamEvent(command.user_id, STREAM_TYPE, event) for event in events]
-        append = await repository.save(stream_events, loaded, context)
-        return CommandResult(stream_events, append)
-
-    return await retrying(attempt)
+    async def credential_for(self, email: str) -> credentials.Credential | None:
+        """The credential of `email` (already normalized), healed from the log if missing."""
+        found = await credentials.by_email(self.pool, email)
+        if found is not None:
+            return found
+        try:
+            user_id = users.user_stream_id(email)
+        except InvalidEmailError:
+            return None
+        if await self.sync(user_id) is None:
+            return None
+        return await credentials.by_email(self.pool, email)

@@ -32,7 +32,10 @@ Password = Annotated[str, Meta(min_length=12, max_length=128)]
 Name = Annotated[str, Meta(min_length=1, max_length=100)]
 Reason = Annotated[str, Meta(max_length=500)]
 Label = Annotated[str, Meta(min_length=1, max_length=64)]
-Currency = Annotated[str, Meta(pattern=r"^[A-Z]{3}$")]
+Currency = Annotated[str, Meta(pattern=r"^[A-Z]{3,4}$")]
+IndicatorName = Annotated[str, Meta(pattern=r"^[a-z][a-z0-9_]{0,63}$")]
+RequiredReason = Annotated[str, Meta(min_length=1, max_length=500)]
+UtcTime = Annotated[datetime, Meta(tz=True)]
 Precision = Annotated[int, Meta(ge=0, le=10)]
 ParameterValue = Annotated[str, Meta(max_length=500)] | int | bool | None
 
@@ -90,7 +93,7 @@ class UserRegisteredOut(msgspec.Struct, frozen=True, kw_only=True):
     user_id: UUID
     email: str
     role: Role
-    consistency_token: str
+    consistency_token: str | None
 
 
 # Commands ---------------------------------------------------------------------
@@ -106,18 +109,18 @@ class OpenAccountRequest(Request, frozen=True, kw_only=True):
 
 class AccountOpenedOut(msgspec.Struct, frozen=True, kw_only=True):
     account_id: UUID
-    consistency_token: str
+    consistency_token: str | None
 
 
 class DepositRequest(Request, frozen=True, kw_only=True):
     amount: DecimalString
-    reference: Reason = ""
+    reference: Annotated[str, Meta(max_length=64)] = ""
 
 
 class DepositOut(msgspec.Struct, frozen=True, kw_only=True):
     account_id: UUID
     amount: str
-    consistency_token: str
+    consistency_token: str | None
 
 
 class ListInstrumentRequest(Request, frozen=True, kw_only=True):
@@ -132,7 +135,7 @@ class ListInstrumentRequest(Request, frozen=True, kw_only=True):
 class InstrumentListedOut(msgspec.Struct, frozen=True, kw_only=True):
     instrument_id: UUID
     symbol: str
-    consistency_token: str
+    consistency_token: str | None
 
 
 class CreateStrategyRequest(Request, frozen=True, kw_only=True):
@@ -145,7 +148,13 @@ class CreateStrategyRequest(Request, frozen=True, kw_only=True):
 
 class StrategyCreatedOut(msgspec.Struct, frozen=True, kw_only=True):
     strategy_id: UUID
-    consistency_token: str
+    consistency_token: str | None
+
+
+class StrategyStateOut(msgspec.Struct, frozen=True, kw_only=True):
+    strategy_id: UUID
+    active: bool
+    consistency_token: str | None
 
 
 class EmitSignalRequest(Request, frozen=True, kw_only=True):
@@ -153,15 +162,17 @@ class EmitSignalRequest(Request, frozen=True, kw_only=True):
     instrument_id: UUID
     action: SignalAction
     strength: DecimalString
-    reasons: Annotated[list[Reason], Meta(max_length=16)] = msgspec.field(default_factory=list)
-    indicators: Annotated[dict[Label, DecimalString], Meta(max_length=64)] = msgspec.field(
+    reasons: Annotated[list[RequiredReason], Meta(max_length=16)] = msgspec.field(
+        default_factory=list
+    )
+    indicators: Annotated[dict[IndicatorName, DecimalString], Meta(max_length=64)] = msgspec.field(
         default_factory=dict
     )
 
 
 class SignalEmittedOut(msgspec.Struct, frozen=True, kw_only=True):
     signal_id: UUID
-    consistency_token: str
+    consistency_token: str | None
 
 
 class PlaceOrderRequest(Request, frozen=True, kw_only=True):
@@ -182,7 +193,14 @@ class OrderOut(msgspec.Struct, frozen=True, kw_only=True):
     order_id: UUID
     status: str
     reason_code: str | None = None
-    consistency_token: str
+    consistency_token: str | None
+
+
+class FillOut(msgspec.Struct, frozen=True, kw_only=True):
+    order_id: UUID
+    fill_id: str
+    status: str
+    consistency_token: str | None
 
 
 class CancelOrderRequest(Request, frozen=True, kw_only=True):
@@ -195,7 +213,7 @@ class FillOrderRequest(Request, frozen=True, kw_only=True):
     price: DecimalString
     fee: DecimalString = "0"
     venue: Label
-    executed_at: datetime
+    executed_at: UtcTime
 
 
 # Audit ------------------------------------------------------------------------

@@ -13,10 +13,10 @@ import asyncpg
 
 from api.passwords import PASSWORD_LENGTH_MAX, PASSWORD_LENGTH_MIN, Passwords
 from api.registration import Registrar
-from commands.runtime import CommandContext, Repository
+from commands.bootstrap import bootstrap
+from commands.runtime import CommandContext
 from ledger.domain.errors import ValidationError
 from ledger.domain.user import Role
-from ledger.store import EventStore
 
 
 class WeakPasswordError(ValidationError):
@@ -36,7 +36,7 @@ async def create_user(
     pool = await asyncpg.create_pool(database_url, min_size=1, max_size=2)
     passwords = Passwords()
     try:
-        registrar = Registrar(pool, Repository(EventStore(pool)), passwords)
+        registrar = Registrar(pool, bootstrap(pool), passwords)
         registered = await registrar.register(
             email=email,
             password=password,
