@@ -102,6 +102,24 @@ def _streams_of(order_id: UUID, account_id: UUID, instrument_id: UUID) -> list[t
     ]
 
 
+def cached_order(repository: Repository, order_id: UUID) -> OrderStreams | None:
+    """The order and its streams from the cache alone; None unless all four are cached."""
+    known = repository.cached_state(order_id, order.STREAM_TYPE)
+    if known is None:
+        return None
+    position_id = position.position_stream_id(known.account_id, known.instrument_id)
+    peeked = repository.peek(wanted(*_streams_of(order_id, known.account_id, known.instrument_id)))
+    if peeked is None:
+        return None
+    return OrderStreams(
+        peeked,
+        order=known,
+        account=peeked[known.account_id].state,
+        position=peeked[position_id].state,
+        instrument=peeked[known.instrument_id].state,
+    )
+
+
 async def load_order(repository: Repository, order_id: UUID) -> OrderStreams:
     """The order and the streams its decisions touch (all None if the order does not exist)."""
     known = repository.cached_state(order_id, order.STREAM_TYPE)
@@ -158,11 +176,17 @@ async def fill_order(
 ) -> CommandResult:
     """OrderPartiallyFilled or OrderFilled on the order, TradeSettled on the account,
     (PositionOpened and) TradeBooked on the position, and HoldReleased when the fill
-    completes a buy. A fill id the order already has appends nothing."""
+    completes a buy. A fill id the order already has appends nothing.
+
+    A fill is first decided on the cached states, without a query: a fill that books
+    appends to the order, the account and the position, so the append's head check
+    refuses it if any of them moved, and of the instrument it reads only the grid and
+    precisions, which never change. The venue reports fills whatever the instrument's
+    status, so a halt does not matter here.
+    """
     moment = ledger.now(now)
 
-    async def decide() -> Decision:
-        streams = await load_order(ledger.repository, command.order_id)
+    def decide_on(streams: OrderStreams) -> Decision:
         events = fill.decide_fill_order(
             streams.order,
             command,
@@ -173,7 +197,14 @@ async def fill_order(
         )
         return Decision(events, streams.loaded)
 
-    return await execute(ledger, command, context, decide)
+    def decide_cached() -> Decision | None:
+        streams = cached_order(ledger.repository, command.order_id)
+        return None if streams is None else decide_on(streams)
+
+    async def decide() -> Decision:
+        return decide_on(await load_order(ledger.repository, command.order_id))
+
+    return await execute(ledger, command, context, decide, decide_cached=decide_cached)
 
 
 async def cancel_order(

@@ -145,6 +145,17 @@ class Repository:
         entry = self.cache.get(stream_id)
         return None if entry is None or entry.stream_type != stream_type else entry.state
 
+    def peek(self, wanted: Mapping[UUID, str]) -> dict[UUID, Loaded] | None:
+        """The cached states of the streams wanted, without a query; None unless all are
+        cached (as the type wanted). Perhaps stale: see `execute`'s ``decide_cached``."""
+        found: dict[UUID, Loaded] = {}
+        for stream_id, kind in wanted.items():
+            entry = self.cache.get(stream_id)
+            if entry is None or entry.stream_type != kind:
+                return None
+            found[stream_id] = entry
+        return found
+
     async def load(self, wanted: Mapping[UUID, str]) -> dict[UUID, Loaded]:
         """The states of the streams wanted (stream id -> stream type), in one query."""
         start = {stream_id: self._start(stream_id, kind) for stream_id, kind in wanted.items()}
@@ -332,23 +343,35 @@ async def execute(
     command: msgspec.Struct,
     context: CommandContext,
     decide: Callable[[], Awaitable[Decision]],
+    *,
+    decide_cached: Callable[[], Decision | None] | None = None,
 ) -> CommandResult:
     """Load and decide (``decide``), then append, all again on a conflict.
+
+    ``decide_cached``, if given, is tried first, once: a decision on cached states with
+    no query at all (None when they are not all cached). It is for decisions whose every
+    mutable input is a stream they append to, so the append's head check refuses any
+    stale one; what they read of other streams must never change. Only a decision with
+    events is taken from it; a refusal or a no-op on cached state might be stale, so it
+    is made again on loaded states before it is the answer.
 
     A refused or empty decision is checked against the idempotency key first: if the
     key was used, the command was already done and its first result is the answer.
     """
     context = fingerprinted(context, command)
     repository = ledger.repository
+    cached_first = [decide_cached] if decide_cached is not None else []
 
     async def attempt() -> CommandResult:
-        try:
-            decision = await decide()
-        except DomainError:
-            first = await repository.first_result(context)
-            if first is None:
-                raise
-            return first
+        decision = _with_events(cached_first.pop()) if cached_first else None
+        if decision is None:
+            try:
+                decision = await decide()
+            except DomainError:
+                first = await repository.first_result(context)
+                if first is None:
+                    raise
+                return first
         if not decision.events:
             return await repository.first_result(context) or NOTHING
         append = await repository.save(decision.events, decision.loaded, context)
@@ -357,6 +380,15 @@ async def execute(
         return CommandResult(decision.events, append)
 
     return await retrying(attempt, attempts=ledger.attempts_max)
+
+
+def _with_events(decide_cached: Callable[[], Decision | None]) -> Decision | None:
+    """The cached decision if it has events to append; None to decide on loaded states."""
+    try:
+        decision = decide_cached()
+    except DomainError:
+        return None
+    return decision if decision is not None and decision.events else None
 
 
 async def execute_on_stream(

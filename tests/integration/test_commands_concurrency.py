@@ -246,3 +246,74 @@ async def test_a_conflict_after_the_last_attempt_propagates_and_writes_nothing(
     recorded = await stored(store, account_id)
     assert [item.actor for item in recorded[-3:]] == ["interferer"] * 3
     assert (await folded(store, account_id)).available == d("13")
+
+
+# Fills are first decided on cached states (no query): a stale cache must never show.
+
+
+class CountingRepository(Repository):
+    """A real repository that counts its loads and the conflicts its saves met."""
+
+    def __init__(self, store: EventStore) -> None:
+        super().__init__(store)
+        self.loads = 0
+        self.conflicts = 0
+
+    async def load(self, wanted: Mapping[UUID, str]) -> dict[UUID, Loaded]:
+        self.loads += 1
+        return await super().load(wanted)
+
+    async def save(
+        self, events: Sequence[Any], loaded: Mapping[UUID, Loaded], context: CommandContext
+    ) -> AppendResult:
+        try:
+            return await super().save(events, loaded, context)
+        except ConcurrencyError:
+            self.conflicts += 1
+            raise
+
+
+async def test_a_fill_on_cached_streams_needs_no_query(store: EventStore) -> None:
+    repository = CountingRepository(store)
+    counted = Ledger(repository)
+    order_id, _, _ = await open_buy(counted, "10")
+    await fill_order(counted, fill_of(order_id, "2", "10.00"), context())  # Caches the position.
+    loads = repository.loads
+    await fill_order(counted, fill_of(order_id, "3", "10.00"), context())
+    assert repository.loads == loads
+    assert (await folded(store, order_id)).filled_quantity == d("5")
+
+
+async def test_a_fill_decided_on_a_stale_cache_is_decided_again_on_the_log(
+    pool: asyncpg.Pool, store: EventStore
+) -> None:
+    repository = CountingRepository(store)
+    counted = Ledger(repository)
+    order_id, _, _ = await open_buy(counted, "10")
+    await fill_order(counted, fill_of(order_id, "2", "10.00"), context())
+    # Another replica fills next: `counted`'s cached order and account are now stale.
+    await fill_order(bootstrap(pool), fill_of(order_id, "6", "10.00"), context())
+    with pytest.raises(OverfillError):
+        await fill_order(counted, fill_of(order_id, "3", "10.00"), context())
+    assert repository.conflicts == 1
+    applied = await fill_order(counted, fill_of(order_id, "2", "10.00"), context())
+    assert names(applied)[0] == "OrderFilled"
+    assert (await folded(store, order_id)).filled_quantity == d("10")
+
+
+async def test_a_refusal_on_a_stale_cache_is_not_the_answer(
+    pool: asyncpg.Pool, store: EventStore
+) -> None:
+    repository = CountingRepository(store)
+    counted = Ledger(repository)
+    # The hold covers 10 x 10.00 exactly; a 1.00 fee beyond it needs available cash, which
+    # only another replica's deposit provides: `counted`'s cached account has none.
+    order_id, account_id, _ = await open_buy(counted, "10", cash="100")
+    await fill_order(counted, fill_of(order_id, "5", "10.00"), context())
+    await deposit(bootstrap(pool), Deposit(account_id=account_id, amount=d("5")), context())
+    loads = repository.loads
+    result = await fill_order(counted, fill_of(order_id, "5", "10.00", fee="1"), context())
+    assert repository.loads == loads + 1  # Refused on the cache, decided again on the log.
+    assert repository.conflicts == 0
+    assert names(result) == ["OrderFilled", "TradeSettled", "TradeBooked", "HoldReleased"]
+    assert (await folded(store, account_id)).available == d("4")
