@@ -25,7 +25,7 @@ from litestar.openapi.spec import Tag
 from litestar.status_codes import HTTP_200_OK, HTTP_503_SERVICE_UNAVAILABLE
 from nats.aio.client import Client as NatsClient
 
-from api import accounts, auth, instruments, orders, signals, strategies
+from api import accounts, auth, events, instruments, orders, signals, strategies
 from api.errors import internal_error, problem_details_plugin
 from api.passwords import Passwords
 from api.registration import Registrar
@@ -144,6 +144,7 @@ def create_app(settings: Settings) -> Litestar:
             strategies.router,
             signals.router,
             orders.router,
+            events.router,
         ],
         lifespan=[lifespan],
         state=State({"settings": settings}),

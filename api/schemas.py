@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from datetime import datetime
 from decimal import Decimal
-from typing import Annotated, Final, Literal
+from typing import Annotated, Any, Final, Literal
 from uuid import UUID
 
 import msgspec
@@ -234,7 +234,7 @@ class EventOut(msgspec.Struct, frozen=True, kw_only=True):
     actor: str | None
     correlation_id: UUID | None
     causation_id: UUID | None
-    data: msgspec.Raw
+    data: dict[str, Any]
     prev_hash: str
     hash: str
 

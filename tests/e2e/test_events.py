@@ -1,0 +1,173 @@
+"""Audit reads: a stream's events and the global log by sequence, for auditors and analysts."""
+
+from __future__ import annotations
+
+import itertools
+import secrets
+from typing import Any
+
+import asyncpg
+import pytest
+
+from ledger import sequencer
+from ledger.domain.user import Role
+from tests.e2e.conftest import Api, User, assert_problem
+
+AUDIT_ROLES = [Role.AUDITOR, Role.ANALYST]
+
+
+async def _sequence_all(database_url: str) -> None:
+    """Do the relay leader's numbering, as it would, until every committed event has one."""
+    connection = await asyncpg.connect(database_url)
+    try:
+        while True:
+            cursor = await sequencer.load_cursor(connection)
+            pending = await sequencer.read_unsequenced(connection, cursor, limit=1_000)
+            if not pending:
+                return
+            await sequencer.record(
+                connection, sequencer.assign(cursor, pending, digest_every=1_000)
+            )
+    finally:
+        await connection.close()
+
+
+async def _account_with_deposits(api: Api, deposits: int) -> tuple[User, str]:
+    admin = await api.user(Role.ADMIN)
+    trader = await api.user(Role.TRADER)
+    opened = await api.client.post(
+        "/api/v1/accounts",
+        json={"user_id": trader.user_id, "currency": "USD"},
+        headers=admin.headers,
+    )
+    account_id: str = opened.json()["account_id"]
+    for number in range(deposits):
+        response = await api.client.post(
+            f"/api/v1/accounts/{account_id}/deposits",
+            json={"amount": f"{number + 1}.00"},
+            headers=admin.headers,
+        )
+        assert response.status_code == 201
+    return trader, account_id
+
+
+@pytest.mark.parametrize("role", AUDIT_ROLES)
+async def test_a_stream_read_page_by_page(api: Api, role: Role) -> None:
+    _, account_id = await _account_with_deposits(api, 4)
+    reader = await api.user(role)
+    seen: list[dict[str, Any]] = []
+    cursor: str | None = None
+    for _ in range(10):
+        params: dict[str, Any] = {"limit": 2}
+        if cursor is not None:
+            params["cursor"] = cursor
+        page = await api.client.get(
+            f"/api/v1/streams/{account_id}/events", params=params, headers=reader.headers
+        )
+        assert page.status_code == 200, page.text
+        seen.extend(page.json()["events"])
+        cursor = page.json()["next_cursor"]
+        if cursor is None:
+            break
+    assert [event["version"] for event in seen] == [1, 2, 3, 4, 5]
+    assert seen[0]["type"].endswith(":AccountOpened")
+    assert seen[1]["data"]["amount"] == "1.00"
+    # Each event links to the one before it.
+    assert all(later["prev_hash"] == earlier["hash"] for earlier, later in itertools.pairwise(seen))
+
+
+async def test_password_hashes_are_redacted(api: Api) -> None:
+    trader = await api.user(Role.TRADER)
+    auditor = await api.user(Role.AUDITOR)
+    page = await api.client.get(f"/api/v1/streams/{trader.user_id}/events", headers=auditor.headers)
+    assert page.status_code == 200, page.text
+    registered = page.json()["events"][0]["data"]
+    assert registered["password_hash"] == "[redacted]"
+    assert "argon2" not in page.text
+
+
+async def test_an_unknown_stream_is_404(api: Api) -> None:
+    auditor = await api.user(Role.AUDITOR)
+    response = await api.client.get(
+        "/api/v1/streams/00000000-0000-4000-8000-000000000009/events", headers=auditor.headers
+    )
+    assert_problem(response, 404, "STREAM_NOT_FOUND")
+
+
+@pytest.mark.parametrize("role", [Role.ADMIN, Role.TRADER, Role.EXECUTION])
+async def test_other_roles_cannot_read_the_log(api: Api, role: Role) -> None:
+    user = await api.user(role)
+    for url in ("/api/v1/events", f"/api/v1/streams/{user.user_id}/events"):
+        response = await api.client.get(url, headers=user.headers)
+        assert_problem(response, 403, "FORBIDDEN")
+
+
+async def test_the_log_needs_a_token(api: Api) -> None:
+    assert_problem(await api.client.get("/api/v1/events"), 401, "TOKEN_MISSING")
+
+
+@pytest.mark.parametrize("role", AUDIT_ROLES)
+async def test_the_global_log_is_followed_by_sequence_without_gaps(api: Api, role: Role) -> None:
+    _, account_id = await _account_with_deposits(api, 3)
+    reader = await api.user(role)
+    assert api.settings.database_url is not None
+    await _sequence_all(api.settings.database_url)
+    sequences: list[int] = []
+    cursor: str | None = None
+    for _ in range(1_000):
+        params: dict[str, Any] = {"limit": 500}
+        if cursor is not None:
+            params["cursor"] = cursor
+        page = await api.client.get("/api/v1/events", params=params, headers=reader.headers)
+        assert page.status_code == 200, page.text
+        sequences.extend(event["sequence"] for event in page.json()["events"])
+        cursor = page.json()["next_cursor"]
+        if cursor is None:
+            break
+    assert sequences == list(range(1, len(sequences) + 1))
+
+    filtered = await api.client.get(
+        "/api/v1/events", params={"stream_id": account_id}, headers=reader.headers
+    )
+    assert [event["version"] for event in filtered.json()["events"]] == [1, 2, 3, 4]
+    by_type = await api.client.get(
+        "/api/v1/events",
+        params={"stream_id": account_id, "type": "ledger.domain.account:CashDeposited"},
+        headers=reader.headers,
+    )
+    assert len(by_type.json()["events"]) == 3
+
+
+async def test_events_carry_the_request_id_as_correlation(api: Api) -> None:
+    admin = await api.user(Role.ADMIN)
+    trader = await api.user(Role.TRADER)
+    request_id = secrets.token_hex(16)
+    opened = await api.client.post(
+        "/api/v1/accounts",
+        json={"user_id": trader.user_id, "currency": "USD"},
+        headers={**admin.headers, "X-Request-ID": request_id},
+    )
+    assert opened.status_code == 201
+    auditor = await api.user(Role.AUDITOR)
+    page = await api.client.get(
+        f"/api/v1/streams/{opened.json()['account_id']}/events", headers=auditor.headers
+    )
+    event = page.json()["events"][0]
+    assert event["correlation_id"].replace("-", "") == request_id
+    assert event["actor"] == admin.user_id
+
+
+@pytest.mark.parametrize(
+    ("params", "code"),
+    [
+        ({"limit": 501}, "VALIDATION_ERROR"),
+        ({"limit": 0}, "VALIDATION_ERROR"),
+        ({"cursor": "garbage!"}, "INVALID_CURSOR"),
+        ({"cursor": "djox"}, "INVALID_CURSOR"),  # a stream cursor ("v:1") on the global log
+        ({"correlation_id": "nope"}, "VALIDATION_ERROR"),
+    ],
+)
+async def test_bad_paging_is_a_400(api: Api, params: dict[str, Any], code: str) -> None:
+    auditor = await api.user(Role.AUDITOR)
+    response = await api.client.get("/api/v1/events", params=params, headers=auditor.headers)
+    assert_problem(response, 400, code)
