@@ -3,8 +3,10 @@
 Setup: instruments and one funded account per client. Then, round by round:
 
 - handlers: `clients` concurrent clients, each looping place_order (a buy limit of 1 lot)
-  then fill_order (filling it in full) on its own account, for a fixed time. Every
-  command loads its streams (one query), decides, and appends (one statement).
+  then fill_order (filling it in full) on its own account, for a fixed time, through one
+  Ledger as an API process would. A placement loads its streams (one query, merged with
+  the loads of other commands in flight, see commands.reads), decides and appends (one
+  statement); a fill is decided on the streams the placement cached and appended.
 - bare append: the same clients append, through EventStore.append, exactly the events the
   handlers appended in the round before (the same payloads, the same grouping into one
   append per command, each stream expected at its head), into fresh streams of the same

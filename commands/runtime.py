@@ -31,6 +31,7 @@ from uuid import UUID
 
 import msgspec
 
+from commands.reads import StreamReader
 from ledger.domain import DomainError, Event, StreamEvent, decode_event
 from ledger.domain.base import assert_utc
 from ledger.domain.errors import ValidationError
@@ -131,9 +132,15 @@ class StreamCache:
 class Repository:
     """Loads streams into domain states and appends decisions, through the event store."""
 
-    def __init__(self, store: EventStore, cache: StreamCache | None = None) -> None:
+    def __init__(
+        self,
+        store: EventStore,
+        cache: StreamCache | None = None,
+        reader: StreamReader | None = None,
+    ) -> None:
         self.store = store
         self.cache = cache if cache is not None else StreamCache()
+        self.reader = reader if reader is not None else StreamReader(store)
 
     def cached_state(self, stream_id: UUID, stream_type: str) -> Any:
         """The last state this process saw of a stream, perhaps stale; None if not cached
@@ -157,11 +164,12 @@ class Repository:
         return found
 
     async def load(self, wanted: Mapping[UUID, str]) -> dict[UUID, Loaded]:
-        """The states of the streams wanted (stream id -> stream type), in one query."""
+        """The states of the streams wanted (stream id -> stream type), in one query
+        (shared with the loads made at the same time, see commands.reads)."""
         start = {stream_id: self._start(stream_id, kind) for stream_id, kind in wanted.items()}
         after = {stream_id: loaded.head.version for stream_id, loaded in start.items()}
         loaded = dict(start)
-        for recorded in await self.store.read_streams_after(after):
+        for recorded in await self.reader.read_after(after):
             current = loaded[recorded.stream_id]
             if recorded.stream_type != current.stream_type:
                 raise WrongStreamTypeError(
