@@ -25,7 +25,7 @@ from litestar.openapi.spec import Tag
 from litestar.status_codes import HTTP_200_OK, HTTP_503_SERVICE_UNAVAILABLE
 from nats.aio.client import Client as NatsClient
 
-from api import accounts, auth, events, instruments, orders, signals, strategies
+from api import accounts, auth, events, instruments, orders, signals, strategies, users
 from api.errors import internal_error, problem_details_plugin
 from api.passwords import Passwords
 from api.registration import Registrar
@@ -138,7 +138,7 @@ def create_app(settings: Settings) -> Litestar:
             health,
             ready,
             auth.auth_router,
-            auth.users_router,
+            users.router,
             accounts.router,
             instruments.router,
             strategies.router,

@@ -16,7 +16,7 @@ import uuid
 from datetime import datetime
 from typing import Any, Final
 
-from litestar import Request, Router, get, post
+from litestar import Request, Router, post
 from litestar.datastructures import State
 from litestar.params import JSONBody
 from litestar.status_codes import HTTP_200_OK, HTTP_201_CREATED, HTTP_204_NO_CONTENT
@@ -33,7 +33,6 @@ from api.schemas import (
     RegisterRequest,
     TokenPair,
     TokenRequest,
-    UserOut,
     UserRegisteredOut,
 )
 from api.security import Principal, access, principal_of
@@ -198,13 +197,6 @@ async def logout(
                 await credentials.revoke_family(connection, row.family_id, now)
 
 
-@get("/me", **access(*ALL_ROLES, summary="The signed-in user"))
-async def me(request: Request[Principal, Any, State]) -> UserOut:
-    principal = principal_of(request)
-    return UserOut(user_id=principal.user_id, email=principal.email, role=principal.role)
-
-
 auth_router = Router(
     path="/api/v1/auth", route_handlers=[register, token, refresh, logout], tags=["auth"]
 )
-users_router = Router(path="/api/v1/users", route_handlers=[me], tags=["users"])

@@ -96,6 +96,27 @@ class UserRegisteredOut(msgspec.Struct, frozen=True, kw_only=True):
     consistency_token: str | None
 
 
+class ChangePasswordRequest(Request, frozen=True, kw_only=True):
+    current_password: Annotated[str, Meta(min_length=1, max_length=128)]
+    new_password: Password
+
+
+class ChangeRoleRequest(Request, frozen=True, kw_only=True):
+    role: Role
+
+
+class DisableUserRequest(Request, frozen=True, kw_only=True):
+    reason: Reason = ""
+
+
+class UserChangedOut(msgspec.Struct, frozen=True, kw_only=True):
+    user_id: UUID
+    role: Role
+    disabled: bool
+    token_version: int
+    consistency_token: str | None
+
+
 # Commands ---------------------------------------------------------------------
 
 
