@@ -266,14 +266,17 @@ def _use_reservation(
     reservations: tuple[Reservation, ...], order_id: UUID, quantity: Decimal
 ) -> tuple[Reservation, ...]:
     used: list[Reservation] = []
+    found = False
     for reservation in reservations:
         if reservation.order_id != order_id:
             used.append(reservation)
             continue
+        found = True
         left = reservation.quantity - quantity
         assert left >= ZERO, "sold more than the order reserved"
         if left > ZERO:
             used.append(Reservation(order_id=order_id, quantity=left))
+    assert found, "a sell was booked without its reservation"
     return tuple(used)
 
 
