@@ -360,18 +360,23 @@ async def execute(
     no query at all (None when they are not all cached). It is for decisions whose every
     mutable input is a stream they append to, so the append's head check refuses any
     stale one; what they read of other streams must never change. Only a decision with
-    events is taken from it; a refusal or a no-op on cached state might be stale, so it
-    is made again on loaded states before it is the answer.
+    events is taken from it. A refusal or a no-op on cached states might be stale, and
+    cached states of different streams may be of different moments (an order older than
+    its account), which can trip the domain's assertions: so whatever else the cached
+    decision does, it is made again on loaded states, one snapshot of every stream,
+    where a real bug raises again.
 
     A refused or empty decision is checked against the idempotency key first: if the
     key was used, the command was already done and its first result is the answer.
     """
     context = fingerprinted(context, command)
     repository = ledger.repository
-    cached_first = [decide_cached] if decide_cached is not None else []
+    untried = decide_cached
 
     async def attempt() -> CommandResult:
-        decision = _with_events(cached_first.pop()) if cached_first else None
+        nonlocal untried
+        decision = None if untried is None else _with_events(untried)
+        untried = None  # Retries follow a conflict: the cache is behind, load.
         if decision is None:
             try:
                 decision = await decide()
@@ -394,7 +399,7 @@ def _with_events(decide_cached: Callable[[], Decision | None]) -> Decision | Non
     """The cached decision if it has events to append; None to decide on loaded states."""
     try:
         decision = decide_cached()
-    except DomainError:
+    except Exception:  # Whatever failed on cached states is decided again (see execute).
         return None
     return decision if decision is not None and decision.events else None
 

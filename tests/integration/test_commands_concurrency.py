@@ -19,12 +19,12 @@ import pytest
 
 from commands.accounts import Deposit, Withdraw, deposit, withdraw
 from commands.bootstrap import bootstrap
-from commands.orders import fill_order, place_order
+from commands.orders import CancelOrder, cancel_order, fill_order, place_order
 from commands.runtime import CommandContext, CommandResult, Ledger, Loaded, Repository
 from commands.users import RegisterUser, register_user, user_stream_id
 from ledger.domain import account, position
 from ledger.domain.base import decode_event
-from ledger.domain.errors import EmailTakenError, OverfillError
+from ledger.domain.errors import EmailTakenError, InvalidStateTransitionError, OverfillError
 from ledger.domain.side import Side
 from ledger.domain.user import Role
 from ledger.errors import ConcurrencyError
@@ -317,3 +317,18 @@ async def test_a_refusal_on_a_stale_cache_is_not_the_answer(
     assert repository.conflicts == 0
     assert names(result) == ["OrderFilled", "TradeSettled", "TradeBooked", "HoldReleased"]
     assert (await folded(store, account_id)).available == d("4")
+
+
+async def test_cached_streams_of_different_moments_are_decided_again_on_the_log(
+    pool: asyncpg.Pool, store: EventStore
+) -> None:
+    repository = CountingRepository(store)
+    counted = Ledger(repository)
+    order_id, account_id, _ = await open_buy(counted, "10")
+    await fill_order(counted, fill_of(order_id, "2", "10.00"), context())
+    await cancel_order(bootstrap(pool), CancelOrder(order_id=order_id), context())
+    # A deposit reloads the account (its hold released), not the order (still open here).
+    await deposit(counted, Deposit(account_id=account_id, amount=d("1")), context())
+    with pytest.raises(InvalidStateTransitionError):
+        await fill_order(counted, fill_of(order_id, "2", "10.00"), context())
+    assert (await folded(store, order_id)).filled_quantity == d("2")
