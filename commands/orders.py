@@ -10,7 +10,8 @@ account is never overdrawn and an order never overfilled.
 Placement loads order, account, instrument, position and the cited signal in one
 query. The other commands need the order first to know its account and instrument;
 those never change once the order is placed, so when the order is in the cache its
-streams are loaded together in one query, and otherwise in two.
+streams are loaded together in one query, and otherwise in two. A fill is first
+decided on the cached streams alone, with no query (see fill_order).
 """
 
 from __future__ import annotations
@@ -102,36 +103,8 @@ def _streams_of(order_id: UUID, account_id: UUID, instrument_id: UUID) -> list[t
     ]
 
 
-def cached_order(repository: Repository, order_id: UUID) -> OrderStreams | None:
-    """The order and its streams from the cache alone; None unless all four are cached."""
-    known = repository.cached_state(order_id, order.STREAM_TYPE)
-    if known is None:
-        return None
+def _order_streams(loaded: dict[UUID, Loaded], order_id: UUID, known: Any) -> OrderStreams:
     position_id = position.position_stream_id(known.account_id, known.instrument_id)
-    peeked = repository.peek(wanted(*_streams_of(order_id, known.account_id, known.instrument_id)))
-    if peeked is None:
-        return None
-    return OrderStreams(
-        peeked,
-        order=known,
-        account=peeked[known.account_id].state,
-        position=peeked[position_id].state,
-        instrument=peeked[known.instrument_id].state,
-    )
-
-
-async def load_order(repository: Repository, order_id: UUID) -> OrderStreams:
-    """The order and the streams its decisions touch (all None if the order does not exist)."""
-    known = repository.cached_state(order_id, order.STREAM_TYPE)
-    if known is None:
-        first = await repository.load(wanted((order_id, order.STREAM_TYPE)))
-        known = first[order_id].state
-        if known is None:
-            return OrderStreams(first, None, None, None, None)
-    position_id = position.position_stream_id(known.account_id, known.instrument_id)
-    loaded = await repository.load(
-        wanted(*_streams_of(order_id, known.account_id, known.instrument_id))
-    )
     return OrderStreams(
         loaded,
         order=loaded[order_id].state,
@@ -139,6 +112,31 @@ async def load_order(repository: Repository, order_id: UUID) -> OrderStreams:
         position=loaded[position_id].state,
         instrument=loaded[known.instrument_id].state,
     )
+
+
+def cached_order(repository: Repository, order_id: UUID) -> OrderStreams | None:
+    """The order and its streams from the cache alone; None unless all four are cached."""
+    known = repository.cached_state(order_id, order.STREAM_TYPE)
+    if known is None:
+        return None
+    peeked = repository.peek(wanted(*_streams_of(order_id, known.account_id, known.instrument_id)))
+    return None if peeked is None else _order_streams(peeked, order_id, known)
+
+
+async def load_order(repository: Repository, order_id: UUID) -> OrderStreams:
+    """The order and the streams its decisions touch (all None if the order does not exist).
+
+    An order's account and instrument never change, so a cached order, however stale,
+    names them, and one query loads all four streams; otherwise the order comes first.
+    """
+    known = repository.cached_state(order_id, order.STREAM_TYPE)
+    if known is None:
+        first = await repository.load(wanted((order_id, order.STREAM_TYPE)))
+        known = first[order_id].state
+        if known is None:
+            return OrderStreams(first, None, None, None, None)
+    streams = _streams_of(order_id, known.account_id, known.instrument_id)
+    return _order_streams(await repository.load(wanted(*streams)), order_id, known)
 
 
 async def place_order(
