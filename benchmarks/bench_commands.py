@@ -211,11 +211,13 @@ async def measure(url: str, arguments: argparse.Namespace) -> None:
         clients = await set_up(ledger, clients_count)
         print(
             f"commands benchmark: {clients_count} clients, {arguments.rounds} rounds of "
-            f"{seconds}s; each client loops place_order + fill_order on its own account",
+            f"{seconds}s; each client loops place_order + fill_order on its own account "
+            "(no idempotency keys on either side)",
             flush=True,
         )
-        await handler_round(ledger, clients, arguments.warmup)  # Connections, caches, JIT-free
-        await bare_round(store, clients)  # warm-up of both paths; not counted.
+        # A warm-up of both paths (connections, prepared statements, caches); not counted.
+        await handler_round(ledger, clients, arguments.warmup)
+        await bare_round(store, clients)
         figures: dict[str, list[float]] = {"commands": [], "handled": [], "append": []}
         for _ in range(arguments.rounds):
             commands_rate, events_rate = await handler_round(ledger, clients, seconds)
