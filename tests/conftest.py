@@ -65,7 +65,7 @@ class Databases:
         self.server_url = server_url
         self.created: list[str] = []
 
-    async def create(self, label: str) -> str:
+    async def create(self, label: str, *, migrated: bool = True) -> str:
         name = f"ledger_test_{RUN_ID}_{label}_{len(self.created)}"
         admin = await asyncpg.connect(self.server_url)
         try:
@@ -74,7 +74,8 @@ class Databases:
             await admin.close()
         self.created.append(name)
         url = with_database(self.server_url, name)
-        await migrate(url)
+        if migrated:
+            await migrate(url)
         return url
 
     async def drop_all(self) -> None:
