@@ -1,4 +1,4 @@
-"""The `ledger` command: `ledger dev`, `ledger migrate`, `ledger serve`.
+"""The `ledger` command: dev, serve, migrate, relay, project, users create.
 
 Options override the LEDGER_* environment variables of the same meaning. Each command
 imports its machinery lazily so that `ledger --help` stays instant.
@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import getpass
 import logging
+import signal
 import sys
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 
 import msgspec
@@ -35,6 +37,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         return run_dev(settings)
     if command == "serve":
         return _serve(settings)
+    if command == "relay":
+        return _relay(settings)
+    if command == "project":
+        return _project(settings, arguments.names, arguments.rebuild)
+    if command == "users":
+        return _create_user(settings, arguments.email, arguments.role)
     assert command == "migrate"
     return _migrate(settings)
 
@@ -54,7 +62,29 @@ def _parser() -> argparse.ArgumentParser:
 
     migrate = commands.add_parser("migrate", help="apply pending SQL migrations")
     migrate.add_argument("--database-url", help="PostgreSQL URL (LEDGER_DATABASE_URL)")
+
+    relay = commands.add_parser("relay", help="sequence the log and publish it to JetStream")
+    _add_server_options(relay)
+
+    project = commands.add_parser("project", help="projection workers, or a rebuild")
+    project.add_argument("names", nargs="*", default=["all"], help="read models (default all)")
+    project.add_argument("--rebuild", metavar="NAME|all", help="rebuild from ledger.events")
+    _add_server_options(project)
+
+    users = commands.add_parser("users", help="manage users")
+    users_commands = users.add_subparsers(dest="users_command", required=True)
+    create = users_commands.add_parser("create", help="create a user (password read from stdin)")
+    create.add_argument("--email", required=True)
+    create.add_argument(
+        "--role", required=True, choices=["admin", "trader", "analyst", "auditor", "execution"]
+    )
+    create.add_argument("--database-url", help="PostgreSQL URL (LEDGER_DATABASE_URL)")
     return parser
+
+
+def _add_server_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--database-url", help="PostgreSQL URL (LEDGER_DATABASE_URL)")
+    parser.add_argument("--nats-url", help="NATS URL (LEDGER_NATS_URL)")
 
 
 def _add_http_options(parser: argparse.ArgumentParser) -> None:
@@ -96,6 +126,82 @@ def _migrate(settings: Settings) -> int:
 
     applied = asyncio.run(migrate(settings.database_url))
     print("\n".join(applied) if applied else "no pending migration")
+    return 0
+
+
+def _run_until_signal(work: Callable[[asyncio.Event], Awaitable[object]]) -> object:
+    """Run `work(stop)` until it returns; SIGINT or SIGTERM sets `stop` for a clean exit."""
+
+    async def main() -> object:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(signum, stop.set)
+        return await work(stop)
+
+    return asyncio.run(main())
+
+
+def _relay(settings: Settings) -> int:
+    if settings.database_url is None or settings.nats_url is None:
+        print("ledger relay: set LEDGER_DATABASE_URL and LEDGER_NATS_URL", file=sys.stderr)
+        return 2
+    from ledger.relay import run_relay
+
+    database_url, nats_url = settings.database_url, settings.nats_url
+    _run_until_signal(lambda stop: run_relay(database_url, nats_url, stop=stop))
+    return 0
+
+
+def _project(settings: Settings, names: list[str], rebuild_name: str | None) -> int:
+    if settings.database_url is None:
+        print("ledger project: set LEDGER_DATABASE_URL or --database-url", file=sys.stderr)
+        return 2
+    from projections.registry import UnknownProjectionError
+
+    database_url = settings.database_url
+    try:
+        if rebuild_name is not None:
+            from projections.rebuild import rebuild
+
+            results = asyncio.run(rebuild(database_url, [rebuild_name]))
+            for result in results:
+                print(f"rebuilt {result.name}: {result.events} events up to {result.sequence}")
+            return 0
+        if settings.nats_url is None:
+            print("ledger project: set LEDGER_NATS_URL or --nats-url", file=sys.stderr)
+            return 2
+        from projections.worker import run_projections
+
+        nats_url = settings.nats_url
+        parked = _run_until_signal(
+            lambda stop: run_projections(database_url, nats_url, names, stop=stop)
+        )
+    except UnknownProjectionError as error:
+        print(f"ledger project: unknown read model {error}", file=sys.stderr)
+        return 2
+    if parked:
+        print(f"ledger project: parked read models: {parked}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _create_user(settings: Settings, email: str, role: str) -> int:
+    if settings.database_url is None:
+        print("ledger users create: set LEDGER_DATABASE_URL or --database-url", file=sys.stderr)
+        return 2
+    from api.users_admin import create_user
+    from ledger.domain.errors import DomainError
+
+    password = getpass.getpass("password: ") if sys.stdin.isatty() else sys.stdin.readline()
+    try:
+        user_id = asyncio.run(
+            create_user(settings.database_url, email, password.rstrip("\n"), role)
+        )
+    except DomainError as error:
+        print(f"ledger users create: {error.code}: {error}", file=sys.stderr)
+        return 1
+    print(user_id)
     return 0
 
 
