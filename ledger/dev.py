@@ -48,6 +48,9 @@ class ShutdownRequested(BaseException):
     """
 
 
+WORKERS_STOP_TIMEOUT_S: Final = 10.0
+
+
 class _Server(uvicorn.Server):
     """uvicorn's server without its own signal handling: `_Shutdown` owns the signals."""
 
@@ -178,7 +181,36 @@ async def _dev(
         await _create_database(admin_url, LEDGER_DATABASE)
     applied = await migrate(settings.database_url)
     print(f"ledger dev: migrations applied: {', '.join(applied) or 'none pending'}", flush=True)
-    await _serve_api(settings, shutdown, banner=_banner(settings), watched=servers)
+    stop = asyncio.Event()
+    workers = _start_workers(settings, stop)
+    try:
+        await _serve_api(settings, shutdown, banner=_banner(settings), watched=servers)
+    finally:
+        await _stop_workers(workers, stop)
+
+
+def _start_workers(settings: Settings, stop: asyncio.Event) -> list[asyncio.Task[Any]]:
+    """The relay and the projection workers, beside the API in the same process."""
+    from ledger.relay import run_relay
+    from projections.worker import run_projections
+
+    assert settings.database_url is not None
+    assert settings.nats_url is not None
+    database, nats_url = settings.database_url, settings.nats_url
+    return [
+        asyncio.create_task(run_relay(database, nats_url, stop=stop), name="relay"),
+        asyncio.create_task(
+            run_projections(database, nats_url, ["all"], stop=stop), name="projections"
+        ),
+    ]
+
+
+async def _stop_workers(workers: list[asyncio.Task[Any]], stop: asyncio.Event) -> None:
+    stop.set()
+    _, pending = await asyncio.wait(workers, timeout=WORKERS_STOP_TIMEOUT_S)
+    for task in pending:
+        task.cancel()
+    await asyncio.gather(*workers, return_exceptions=True)
 
 
 async def _serve_api(
