@@ -289,7 +289,7 @@ class Relay:
         """Number the committed log on the lock's own connection, batch by batch."""
         options = self.options
         cursor = await sequencer.load_cursor(connection)
-        delay_s = 0.0
+        idle_s = 0.0
         while True:
             self._wake.clear()
             events = await sequencer.read_unsequenced(
@@ -302,12 +302,15 @@ class Relay:
                 self._sequenced.set()
                 if self.on_sequenced is not None:
                     self.on_sequenced(batch)
-                full = len(events) == options.sequence_batch_max
-                delay_s = 0.0 if full else options.poll_busy_s
+                idle_s = 0.0
+                if len(events) < options.sequence_batch_max:
+                    # Busy: let the next batch gather for a moment. A wake-up does not cut
+                    # this short, or every append would cost a batch of its own.
+                    await asyncio.sleep(options.poll_busy_s)
             else:
-                delay_s = min(max(delay_s * 2, options.poll_busy_s), options.poll_idle_s_max)
-            if delay_s:
-                await _wait(self._wake, delay_s)
+                # Idle: back off, but a NOTIFY after a commit ends the wait at once.
+                idle_s = min(max(idle_s * 2, options.poll_busy_s), options.poll_idle_s_max)
+                await _wait(self._wake, idle_s)
 
     async def _publish(self) -> None:
         """Publish what is sequenced; on a NATS failure back off and reconnect, forever."""
@@ -383,29 +386,45 @@ class Relay:
                 await asyncio.wait_for(client.close(), timeout=options.connect_timeout_s)
 
     async def _publish_batch(self, stream: JetStreamContext, items: list[SequencedEvent]) -> None:
-        """Publish a batch with at most `in_flight_max` unacked; return once all are acked."""
+        """Publish a batch, `in_flight_max` messages at a time; return once all are acked."""
+        window = self.options.in_flight_max
+        for start in range(0, len(items), window):
+            await self._publish_window(stream, items[start : start + window])
+
+    async def _publish_window(self, stream: JetStreamContext, items: list[SequencedEvent]) -> None:
+        """Publish at most `in_flight_max` messages and wait, bounded, for every ack.
+
+        The window never holds more than the context's in-flight maximum and the previous
+        window's acks are all done, so publish_async never has to wait for a free slot; it
+        then does not yield between messages, and nats-py writes the window to the socket
+        in one go rather than once per message (catching up a backlog here: 6,700 events/s,
+        against 3,400 with a stall timeout, whose wait_for yields at every message).
+        """
         options = self.options
+        assert len(items) <= options.in_flight_max
         acks: list[asyncio.Future[PubAck]] = []
         try:
-            for item in items:
-                ack = await stream.publish_async(
-                    subject_of(options.subject_prefix, item.event),
-                    wire_of(item),
-                    wait_stall=options.ack_timeout_s,
-                    stream=options.stream_name,
-                    headers=headers_of(item),
-                )
-                acks.append(ack)
             # nats-py 2.16 can leave an ack future unresolved (an error reply it fails to
             # deliver), so the wait is bounded and a missing ack fails the whole batch.
-            _, pending = await asyncio.wait(acks, timeout=options.ack_timeout_s)
-            if pending:
-                raise PublishError(
-                    f"{len(pending)} of {len(items)} acks missing after {options.ack_timeout_s}s"
-                )
+            async with asyncio.timeout(options.ack_timeout_s):
+                for item in items:
+                    ack = await stream.publish_async(
+                        subject_of(options.subject_prefix, item.event),
+                        wire_of(item),
+                        stream=options.stream_name,
+                        headers=headers_of(item),
+                    )
+                    acks.append(ack)
+                await asyncio.wait(acks)
             for ack in acks:
                 ack.result()
-        except (nats.errors.Error, OSError, TimeoutError) as error:
+        except TimeoutError as error:
+            _stop_if_cancelled()
+            missing = sum(not ack.done() for ack in acks) + len(items) - len(acks)
+            raise PublishError(
+                f"{missing} of {len(items)} acks missing after {options.ack_timeout_s} s"
+            ) from error
+        except (nats.errors.Error, OSError) as error:
             _stop_if_cancelled()
             raise PublishError(f"publishing to {options.stream_name} failed: {error!r}") from error
         finally:
