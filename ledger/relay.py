@@ -498,7 +498,7 @@ class AppendNotifier:
                 await self.pool.execute(
                     "SELECT pg_notify($1, '')", WAKE_CHANNEL, timeout=self.timeout_s
                 )
-            except (asyncpg.PostgresError, OSError, TimeoutError) as error:
+            except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, TimeoutError) as error:
                 # Only a wake-up is lost: the relay's polling finds the events anyway.
                 log.debug("relay wake-up not sent: %r", error)
                 return
