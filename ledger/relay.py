@@ -205,6 +205,7 @@ class Relay:
         self.leading = False
         self._wake = asyncio.Event()  # set by a NOTIFY on WAKE_CHANNEL
         self._sequenced = asyncio.Event()  # set by the sequencer after each batch
+        self._publish_failures = 0  # consecutive ones, for the reconnection backoff
 
     async def run(self, stop: asyncio.Event | None = None) -> None:
         """Until `stop` is set (or the task is cancelled): lead or stand by."""
@@ -316,17 +317,15 @@ class Relay:
         """Publish what is sequenced; on a NATS failure back off and reconnect, forever."""
         connection = await self._connect()
         try:
-            failures = 0
             while True:
                 try:
                     await self._publish_over(connection, await self._connect_nats())
                 except PublishError as error:
                     _stop_if_cancelled()
-                    failures += 1
-                    delay_s = min(0.1 * 2**failures, self.options.nats_retry_s_max)
+                    self._publish_failures = min(self._publish_failures + 1, 16)
+                    delay_s = min(0.1 * 2**self._publish_failures, self.options.nats_retry_s_max)
                     log.warning("publishing paused (%s); retrying in %.1f s", error, delay_s)
                     await asyncio.sleep(delay_s)
-                    failures = min(failures, 16)
         finally:
             await _close(connection)
 
@@ -349,7 +348,7 @@ class Relay:
                 error_cb=quietly,
             )
         except (nats.errors.Error, OSError, TimeoutError) as error:
-            raise PublishError(f"NATS is unreachable: {error!r}") from error
+            raise PublishError(f"NATS is unreachable: {_described(error)}") from error
 
     async def _publish_over(self, connection: asyncpg.Connection, client: NatsClient) -> None:
         """Publish batches over one NATS connection until it fails (PublishError)."""
@@ -359,7 +358,7 @@ class Relay:
                 timeout=options.ack_timeout_s, publish_async_max_pending=options.in_flight_max
             )
             await _ensure_stream(stream, options)
-            published = await connection.fetchval(
+            published: int = await connection.fetchval(
                 "SELECT published FROM ledger.relay_state WHERE singleton",
                 timeout=sequencer.STATEMENT_TIMEOUT_S,
             )
@@ -379,6 +378,7 @@ class Relay:
                     published,
                     timeout=sequencer.STATEMENT_TIMEOUT_S,
                 )
+                self._publish_failures = 0
                 if self.on_published is not None:
                     self.on_published(published)
         finally:
@@ -426,7 +426,9 @@ class Relay:
             ) from error
         except (nats.errors.Error, OSError) as error:
             _stop_if_cancelled()
-            raise PublishError(f"publishing to {options.stream_name} failed: {error!r}") from error
+            raise PublishError(
+                f"publishing to {options.stream_name} failed: {_described(error)}"
+            ) from error
         finally:
             for ack in acks:
                 if not ack.done():
@@ -436,14 +438,24 @@ class Relay:
 
 
 async def _ensure_stream(stream: JetStreamContext, options: RelayOptions) -> None:
-    """Create the JetStream stream, or update it to this configuration if it differs."""
+    """Create the JetStream stream, or update it to this configuration if it differs.
+
+    Any failure is a PublishError: JetStream without quorum, or a stream whose subjects
+    overlap another's, pauses publishing but never stops the sequencer.
+    """
     config = stream_config(options)
     try:
-        await stream.add_stream(config)
-    except nats.js.errors.BadRequestError as error:
-        if error.err_code != STREAM_NAME_IN_USE:
-            raise
-        await stream.update_stream(config)
+        try:
+            await stream.add_stream(config)
+        except nats.js.errors.BadRequestError as error:
+            if error.err_code != STREAM_NAME_IN_USE:
+                raise
+            await stream.update_stream(config)
+    except (nats.errors.Error, OSError, TimeoutError) as error:
+        _stop_if_cancelled()
+        raise PublishError(
+            f"stream {options.stream_name} cannot be set up: {_described(error)}"
+        ) from error
 
 
 async def _wait(event: asyncio.Event, timeout_s: float) -> None:
@@ -452,6 +464,12 @@ async def _wait(event: asyncio.Event, timeout_s: float) -> None:
         async with asyncio.timeout(timeout_s):
             await event.wait()
     _stop_if_cancelled()
+
+
+def _described(error: BaseException) -> str:
+    """The error's type and message (nats-py's errors have an empty repr)."""
+    text = str(error)
+    return f"{type(error).__name__}: {text}" if text else type(error).__name__
 
 
 def _stop_if_cancelled() -> None:

@@ -452,3 +452,25 @@ async def test_an_idle_relay_wakes_within_milliseconds_of_a_commit(
     )
     bound_ms = 10.0 if notify else setup.options.poll_idle_s_max * 1000 + 20
     assert median_ms < bound_ms
+
+
+async def test_a_stream_that_cannot_be_created_pauses_publishing_only(
+    setup: Setup, nats_client: NatsClient
+) -> None:
+    """Another stream already owns the relay's subjects: JetStream refuses the relay's
+    stream, numbering goes on, and publishing starts once the way is clear."""
+    stream = nats_client.jetstream()
+    squatter = f"{setup.options.stream_name}_SQUATTER"
+    await stream.add_stream(name=squatter, subjects=[f"{setup.options.subject_prefix}.>"])
+    try:
+        relay = setup.start()
+        appended = await setup.append(20)
+
+        async def sequenced() -> bool:
+            return await setup.state() == (20, 0)
+
+        await eventually(sequenced, "the relay numbers events without its stream")
+        assert relay.leading
+    finally:
+        await stream.delete_stream(squatter)
+    await all_published(setup, nats_client, appended)
