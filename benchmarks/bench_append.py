@@ -1,6 +1,7 @@
 """Append throughput of the event store next to a bare INSERT and the eventsourcing recorder.
 
-All three write the same rows into one database in the same run, interleaved round by
+The store (with and without group commit, ledger/group_commit.py), the bare INSERT and
+the recorder write the same rows into one database in the same run, interleaved round by
 round so that the machine's noise falls on each alike; the figures are medians.
 
     python -m benchmarks.bench_append [--rounds 3] [--seconds 3] [--writers 16]
@@ -196,6 +197,7 @@ async def measure(url: str, arguments: argparse.Namespace) -> None:
     pool = await asyncpg.create_pool(url, min_size=writers, max_size=writers)
     await pool.execute(BARE_TABLE)
     store = EventStore(pool)
+    alone = EventStore(pool, group_commit=False)
     recorder = eventsourcing_recorder(url, writers)
     executor = concurrent.futures.ThreadPoolExecutor(max_workers=writers)
     figures: dict[str, list[float]] = {}
@@ -205,6 +207,7 @@ async def measure(url: str, arguments: argparse.Namespace) -> None:
             for size in (1, 100):
                 run = Writers(writers, size, seconds).run
                 figures.setdefault(f"store {size}", []).append(await run(store_append(store, size)))
+                figures.setdefault(f"alone {size}", []).append(await run(store_append(alone, size)))
                 figures.setdefault(f"insert {size}", []).append(await run(bare_insert(pool, size)))
                 figures.setdefault(f"eventsourcing {size}", []).append(
                     await run(eventsourcing_append(recorder, executor, size))
@@ -220,14 +223,26 @@ async def measure(url: str, arguments: argparse.Namespace) -> None:
     print_figures(figures)
 
 
+LABELS = {
+    "store": "store (group commit)",
+    "alone": "store, a statement per append",
+    "insert": "bare INSERT",
+    "eventsourcing": "eventsourcing recorder",
+}
+
+
 def print_figures(figures: dict[str, list[float]]) -> None:
     for size in (1, 100):
         print(f"{size} event(s) per append:")
-        for name in ("store", "insert", "eventsourcing"):
-            report(f"{name}", figures[f"{name} {size}"])
+        for name, label in LABELS.items():
+            report(label, figures[f"{name} {size}"])
         ratio = median(figures[f"store {size}"]) / median(figures[f"insert {size}"])
         versus = median(figures[f"store {size}"]) / median(figures[f"eventsourcing {size}"])
-        print(f"  store/insert={ratio:.2f}  store/eventsourcing={versus:.2f}")
+        alone = median(figures[f"alone {size}"]) / median(figures[f"insert {size}"])
+        print(
+            f"  store/insert={ratio:.2f}  store/eventsourcing={versus:.2f}  "
+            f"(without group commit: store/insert={alone:.2f})"
+        )
     print("following the whole log:")
     report("committed-order follow", figures["follow"])
     report("bare keyset scan", figures["scan"])

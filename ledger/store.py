@@ -29,6 +29,7 @@ from ledger.errors import (
     InvalidAppendError,
     StreamNotFoundError,
 )
+from ledger.group_commit import STATEMENTS_MAX_DEFAULT, GroupCommit, PendingAppend
 
 EVENT_SIZE_BYTES_MAX: Final = 256 * 1024
 APPEND_EVENTS_MAX: Final = 1_000
@@ -264,8 +265,17 @@ def _record(row: asyncpg.Record) -> RecordedEvent:
 class EventStore:
     """Append to and read from ledger.events through an asyncpg pool the caller owns."""
 
-    def __init__(self, pool: asyncpg.Pool) -> None:
+    def __init__(
+        self,
+        pool: asyncpg.Pool,
+        *,
+        group_commit: bool = True,
+        statements_max: int = STATEMENTS_MAX_DEFAULT,
+    ) -> None:
+        """`group_commit`: appends made while `statements_max` others are in flight share
+        statements (ledger/group_commit.py); off, every append is a statement of its own."""
         self.pool = pool
+        self._group = GroupCommit(pool, statements_max=statements_max) if group_commit else None
 
     async def append(
         self,
@@ -301,7 +311,11 @@ class EventStore:
         else:
             sql, arguments = _APPEND_SQL, [*columns, *metadata]
         try:
-            rows = await executor.fetch(sql, *arguments)
+            if self._group is not None and connection is None and idempotency_key is None:
+                pending = PendingAppend(sql, arguments, _rows(columns, metadata), set(heads))
+                rows = await self._group.run(pending)
+            else:
+                rows = await executor.fetch(sql, *arguments)
         except asyncpg.UniqueViolationError as error:
             if error.constraint_name == "events_event_id_key":
                 raise DuplicateEventError(str(error)) from error
@@ -519,6 +533,15 @@ def _columns(
             column.append(value)
         tips[event.stream_id] = StreamHead(version, event_hash)
     return columns
+
+
+def _rows(columns: list[list[Any]], metadata: list[Any]) -> list[tuple[Any, ...]]:
+    """Per event, the columns of a shared append statement (ledger/group_commit.py)."""
+    recorded_at, actor, correlation_id, causation_id, _ = metadata
+    return [
+        (*event, recorded_at, actor, correlation_id, causation_id)
+        for event in zip(*columns, strict=True)
+    ]
 
 
 def _appended(rows: list[asyncpg.Record]) -> list[AppendedEvent]:
