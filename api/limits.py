@@ -18,6 +18,7 @@ import time
 from typing import Any, Final
 
 from litestar import Request
+from litestar._asgi.utils import wrap_in_exception_handler
 from litestar.datastructures import State
 from litestar.middleware.base import DefineMiddleware
 from litestar.middleware.rate_limit import (
@@ -45,10 +46,15 @@ AUTHORIZATION_LENGTH_MAX: Final = 4096
 
 
 class LimitedMiddleware(RateLimitMiddleware):
-    """Litestar's rate limiter, answering with RATE_LIMITED and Retry-After."""
+    """Litestar's rate limiter, answering with RATE_LIMITED and Retry-After.
+
+    What follows it (authentication) is wrapped in Litestar's exception handler, so that a
+    refusal raised there (401) is a response by the time it passes here and gets the
+    RateLimit headers too (see api/metrics.py for the same wrapping).
+    """
 
     def __init__(self, app: ASGIApp, config: RateLimitConfig) -> None:
-        super().__init__(app, config)
+        super().__init__(wrap_in_exception_handler(app), config)
         self._purged_at = time.monotonic()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:

@@ -2,9 +2,11 @@
 
 JSON lines carry `time` (UTC, ISO 8601), `level`, `logger`, `message`, whatever the
 call passed as `extra` (the API's request lines: request_id, user, route, method,
-status, latency_ms...), the fields of the current `log_context` (the request id of the
-request being served), and `exception` with the full traceback when there is one.
-Nothing but the standard library and msgspec.
+status, latency_ms...), the fields of the `log_context` the record was logged in (the
+request id of the request being served; `ContextFilter` copies them onto the record
+when it is logged, so a handler that formats later, elsewhere, still has them), and
+`exception` with the full traceback when there is one. Nothing but the standard
+library and msgspec.
 """
 
 from __future__ import annotations
@@ -38,6 +40,16 @@ def log_context(**fields: Any) -> Iterator[None]:
         _CONTEXT.reset(token)
 
 
+class ContextFilter(logging.Filter):
+    """Copies the current `log_context` onto each record (never over its own `extra`)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        for name, value in (_CONTEXT.get() or {}).items():
+            if not hasattr(record, name):
+                setattr(record, name, value)
+        return True
+
+
 class JsonFormatter(logging.Formatter):
     """A record as one line of JSON."""
 
@@ -48,7 +60,6 @@ class JsonFormatter(logging.Formatter):
             "logger": record.name,
             "message": record.getMessage(),
         }
-        entry.update(_CONTEXT.get() or {})
         entry.update(
             (name, value) for name, value in record.__dict__.items() if name not in _STANDARD
         )
@@ -63,6 +74,7 @@ def configure_logging(level: str, log_format: str) -> None:
     """Every logger of the process to stderr, as JSON lines or as text."""
     assert log_format in ("json", "text"), log_format
     handler = logging.StreamHandler(sys.stderr)
+    handler.addFilter(ContextFilter())
     handler.setFormatter(
         JsonFormatter() if log_format == "json" else logging.Formatter(TEXT_FORMAT)
     )
