@@ -15,8 +15,10 @@ first request of the window. Counts are kept in each process's memory (see ADR 0
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass, field
 from typing import Any, Final
 
+import anyio
 from litestar import Request
 from litestar._asgi.utils import wrap_in_exception_handler
 from litestar.datastructures import State
@@ -26,6 +28,7 @@ from litestar.middleware.rate_limit import (
     RateLimitMiddleware,
     get_remote_address,
 )
+from litestar.stores.base import Store
 from litestar.types import ASGIApp, Receive, Scope, Send
 
 from api.errors import ApiProblem
@@ -45,6 +48,25 @@ PURGE_INTERVAL_S: Final = 60.0
 AUTHORIZATION_LENGTH_MAX: Final = 4096
 
 
+class Guard:
+    """What every route's copy of one policy's middleware shares: the lock around a
+    count's read and write, and when the store was last purged.
+
+    Litestar builds a middleware instance per route, each with a lock of its own; counts
+    are per client, not per route, so requests to two routes could otherwise both read
+    a count and both write it back one higher, losing one.
+    """
+
+    def __init__(self) -> None:
+        self.lock = anyio.Lock()
+        self.purged_at = time.monotonic()
+
+
+@dataclass
+class LimitConfig(RateLimitConfig):
+    guard: Guard = field(default_factory=Guard)
+
+
 class LimitedMiddleware(RateLimitMiddleware):
     """Litestar's rate limiter, answering with RATE_LIMITED and Retry-After.
 
@@ -55,7 +77,8 @@ class LimitedMiddleware(RateLimitMiddleware):
 
     def __init__(self, app: ASGIApp, config: RateLimitConfig) -> None:
         super().__init__(wrap_in_exception_handler(app), config)
-        self._purged_at = time.monotonic()
+        assert isinstance(config, LimitConfig), "built by rate_limits()"
+        self.guard = config.guard
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         app = scope["litestar_app"]
@@ -65,7 +88,7 @@ class LimitedMiddleware(RateLimitMiddleware):
             return
         store = self.config.get_store_from_app(app)
         key = self.cache_key_from_request(request)
-        async with self._lock:
+        async with self.guard.lock:
             await self._purge(store)
             cache_object = await self.retrieve_cached_history(key, store)
             if len(cache_object.history) >= self.max_requests:
@@ -81,11 +104,13 @@ class LimitedMiddleware(RateLimitMiddleware):
             await self.set_cached_history(key=key, cache_object=cache_object, store=store)
         await self.app(scope, receive, self.create_send_wrapper(send, cache_object))
 
-    async def _purge(self, store: Any) -> None:
+    async def _purge(self, store: Store) -> None:
         now = time.monotonic()
-        if now - self._purged_at >= PURGE_INTERVAL_S:
-            self._purged_at = now
-            await store.delete_expired()
+        # Stores that expire keys by themselves (Redis) have nothing of the kind.
+        delete_expired = getattr(store, "delete_expired", None)
+        if delete_expired is not None and now - self.guard.purged_at >= PURGE_INTERVAL_S:
+            self.guard.purged_at = now
+            await delete_expired()
 
 
 def user_or_address(request: Request[Any, Any, State]) -> str:
@@ -125,7 +150,7 @@ def rate_limits(settings: Settings) -> list[DefineMiddleware]:
         ("api", settings.rate_limit_per_minute, user_or_address, _is_not_auth),
     )
     return [
-        RateLimitConfig(
+        LimitConfig(
             rate_limit=(WINDOW, limit),
             exclude=UNLIMITED_PATHS,
             identifier_for_request=identify,
