@@ -18,6 +18,7 @@ import asyncpg
 import msgspec
 from litestar import Response, get
 from litestar.datastructures import State
+from litestar.openapi.datastructures import ResponseSpec
 from litestar.status_codes import HTTP_200_OK, HTTP_503_SERVICE_UNAVAILABLE
 from nats.aio.client import Client as NatsClient
 
@@ -52,7 +53,16 @@ def health() -> Health:
     return Health(status=OK)
 
 
-@get("/ready", tags=["ops"], summary="Readiness")
+@get(
+    "/ready",
+    tags=["ops"],
+    summary="Readiness",
+    responses={
+        HTTP_503_SERVICE_UNAVAILABLE: ResponseSpec(
+            data_container=Readiness, description='Not ready: the parts not "ok" say why.'
+        )
+    },
+)
 async def ready(state: State) -> Response[Readiness]:
     """PostgreSQL, NATS, the relay's lag and every projection's lag, each "ok" or what is
     wrong; 503 unless all are "ok"."""
