@@ -16,18 +16,20 @@ from contextlib import asynccontextmanager
 from typing import Final
 
 import asyncpg
-import msgspec
 import nats
-from litestar import Litestar, Response, get
+from litestar import Litestar
 from litestar.datastructures import State
 from litestar.openapi import OpenAPIConfig
 from litestar.openapi.spec import Tag
-from litestar.status_codes import HTTP_200_OK, HTTP_503_SERVICE_UNAVAILABLE
 from nats.aio.client import Client as NatsClient
 
 from api import accounts, auth, events, instruments, orders, signals, strategies, users
 from api.errors import internal_error, problem_details_plugin
-from api.passwords import Passwords
+from api.limits import rate_limits
+from api.logs import log_request, timed
+from api.metrics import MetricsController, command_executed, http_metrics
+from api.ops import health, ready
+from api.passwords import HashCost, Passwords
 from api.registration import Registrar
 from api.request_id import echo_request_id
 from api.security import openapi_components
@@ -38,7 +40,6 @@ from ledger.settings import Settings
 POOL_SIZE_MAX: Final = 20
 CONNECT_TIMEOUT_S: Final = 10
 CLOSE_TIMEOUT_S: Final = 10.0
-READY_CHECK_TIMEOUT_S: Final = 2.0
 # Every command body is small; a bigger one is refused (413) before it is read whole.
 REQUEST_BODY_BYTES_MAX: Final = 64 * 1024
 OPENAPI_TAGS: Final = (
@@ -50,56 +51,10 @@ OPENAPI_TAGS: Final = (
     Tag(name="signals", description="Strategy signals (trader)."),
     Tag(name="orders", description="Orders (trader) and their fills (execution)."),
     Tag(name="audit", description="The raw event log (auditor, analyst)."),
-    Tag(name="ops", description="Liveness and readiness."),
+    Tag(name="ops", description="Liveness, readiness and Prometheus metrics."),
 )
 
 logger = logging.getLogger(__name__)
-
-
-class Health(msgspec.Struct, frozen=True):
-    status: str
-
-
-class Readiness(msgspec.Struct, frozen=True):
-    """`status` is "ok" only when every dependency is; each one says what is wrong."""
-
-    status: str
-    postgres: str
-    nats: str
-
-
-@get("/health", sync_to_thread=False, tags=["ops"])
-def health() -> Health:
-    """Liveness: the process answers. Dependencies are checked by /ready."""
-    return Health(status="ok")
-
-
-@get("/ready", tags=["ops"])
-async def ready(state: State) -> Response[Readiness]:
-    """Readiness: PostgreSQL answers a query and NATS is connected."""
-    postgres = await _postgres_status(state.pool)
-    nats_status = _nats_status(state.nats)
-    is_ready = postgres == "ok" and nats_status == "ok"
-    return Response(
-        Readiness(status="ok" if is_ready else "unavailable", postgres=postgres, nats=nats_status),
-        status_code=HTTP_200_OK if is_ready else HTTP_503_SERVICE_UNAVAILABLE,
-    )
-
-
-async def _postgres_status(pool: asyncpg.Pool) -> str:
-    try:
-        async with pool.acquire(timeout=READY_CHECK_TIMEOUT_S) as connection:
-            await connection.fetchval("SELECT 1", timeout=READY_CHECK_TIMEOUT_S)
-    # Any failure, whatever its type, means "not ready": report it rather than answer 500.
-    except Exception as error:
-        return f"error: {type(error).__name__}: {error}"
-    return "ok"
-
-
-def _nats_status(client: NatsClient) -> str:
-    if client.is_connected:
-        return "ok"
-    return "reconnecting" if client.is_reconnecting else "disconnected"
 
 
 def create_app(settings: Settings) -> Litestar:
@@ -119,9 +74,9 @@ def create_app(settings: Settings) -> Litestar:
         )
         try:
             client = await _connect_nats(nats_url)
-            passwords = Passwords()
+            passwords = Passwords(HashCost.of(settings))
             try:
-                ledger = bootstrap(pool)
+                ledger = bootstrap(pool, on_executed=command_executed)
                 app.state.pool, app.state.nats = pool, client
                 app.state.tokens, app.state.passwords = tokens, passwords
                 app.state.ledger = ledger
@@ -137,6 +92,7 @@ def create_app(settings: Settings) -> Litestar:
         route_handlers=[
             health,
             ready,
+            MetricsController,
             auth.auth_router,
             users.router,
             accounts.router,
@@ -157,8 +113,13 @@ def create_app(settings: Settings) -> Litestar:
         ),
         plugins=[problem_details_plugin()],
         exception_handlers={Exception: internal_error},
-        before_send=[echo_request_id],
+        # Ops, outermost first: timing and log context, HTTP metrics, then the limits.
+        middleware=[timed, http_metrics().middleware, *rate_limits(settings)],
+        before_send=[echo_request_id, log_request],
         request_max_body_size=REQUEST_BODY_BYTES_MAX,
+        # Logging is the process's (ledger.logs, set up by the CLI): Litestar's default
+        # configuration would replace the root logger's handlers with its own.
+        logging_config=None,
     )
 
 

@@ -11,7 +11,7 @@ import uuid
 
 import asyncpg
 
-from api.passwords import PASSWORD_LENGTH_MAX, PASSWORD_LENGTH_MIN, Passwords
+from api.passwords import PASSWORD_LENGTH_MAX, PASSWORD_LENGTH_MIN, HashCost, Passwords
 from api.registration import Registrar
 from commands.bootstrap import bootstrap
 from commands.runtime import CommandContext
@@ -26,15 +26,24 @@ class WeakPasswordError(ValidationError):
 
 
 async def create_user(
-    database_url: str, email: str, password: str, role: Role | str, display_name: str | None = None
+    database_url: str,
+    email: str,
+    password: str,
+    role: Role | str,
+    display_name: str | None = None,
+    *,
+    cost: HashCost | None = None,
 ) -> uuid.UUID:
-    """Register a user with `role`; return its id. Domain errors (EMAIL_TAKEN...) propagate."""
+    """Register a user with `role`; return its id. Domain errors (EMAIL_TAKEN...) propagate.
+
+    `cost` is the argon2 cost of the hash (the settings' one; argon2-cffi's defaults if None).
+    """
     if not PASSWORD_LENGTH_MIN <= len(password) <= PASSWORD_LENGTH_MAX:
         raise WeakPasswordError(
             f"a password has {PASSWORD_LENGTH_MIN} to {PASSWORD_LENGTH_MAX} characters"
         )
     pool = await asyncpg.create_pool(database_url, min_size=1, max_size=2)
-    passwords = Passwords()
+    passwords = Passwords(cost)
     try:
         registrar = Registrar(pool, bootstrap(pool), passwords)
         registered = await registrar.register(

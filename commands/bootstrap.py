@@ -21,6 +21,7 @@ from commands.runtime import (
     CACHE_STREAMS_MAX,
     CommandContext,
     CommandResult,
+    Executed,
     Ledger,
     Repository,
     StreamCache,
@@ -64,10 +65,11 @@ def bootstrap(
     clock: Callable[[], datetime] = utc_now,
     attempts_max: int = ATTEMPTS_MAX,
     cache_streams_max: int = CACHE_STREAMS_MAX,
+    on_executed: Callable[[Executed], None] | None = None,
 ) -> Ledger:
-    """The command side on a pool the caller owns (and closes)."""
+    """The command side on a pool the caller owns (and closes); `on_executed` for metrics."""
     repository = Repository(EventStore(pool), StreamCache(cache_streams_max))
-    return Ledger(repository, clock=clock, attempts_max=attempts_max)
+    return Ledger(repository, clock=clock, attempts_max=attempts_max, on_executed=on_executed)
 
 
 async def handle(

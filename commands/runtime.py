@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import random
+import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -36,13 +37,18 @@ from ledger.domain import DomainError, Event, StreamEvent, decode_event
 from ledger.domain.base import assert_utc
 from ledger.domain.errors import ValidationError
 from ledger.domain.registry import EVOLVERS
-from ledger.errors import ConcurrencyError
+from ledger.errors import ConcurrencyError, LedgerError
 from ledger.store import NEW_STREAM, AppendResult, Checkpoint, EventStore, NewEvent, StreamHead
 
 ATTEMPTS_MAX: Final = 8
 BACKOFF_BASE_S: Final = 0.002
 BACKOFF_MAX_S: Final = 0.100
 CACHE_STREAMS_MAX: Final = 50_000
+
+OUTCOME_SUCCESS: Final = "success"
+OUTCOME_REPLAYED: Final = "replayed"
+# Any exception that is neither a domain nor a ledger error: its type stays in the log.
+OUTCOME_UNEXPECTED: Final = "INTERNAL_ERROR"
 
 T = TypeVar("T")
 
@@ -298,16 +304,28 @@ def utc_now() -> datetime:
     return datetime.now(UTC)
 
 
+class Executed(NamedTuple):
+    """What `execute` reports of each command it ran, for metrics."""
+
+    command: str  # The command's type name, e.g. "PlaceOrder".
+    outcome: str  # OUTCOME_SUCCESS, OUTCOME_REPLAYED, or the refusal's error code.
+    events_appended: int
+    duration_s: float
+
+
 @dataclass(frozen=True, slots=True)
 class Ledger:
     """What every handler needs: the repository, the clock, the bound on attempts.
 
     Built once by commands.bootstrap.bootstrap; handlers take it as their first argument.
+    `on_executed`, if given, hears of every command run through `execute` (it must not
+    block or raise: it runs on the command's path).
     """
 
     repository: Repository
     clock: Callable[[], datetime] = field(default=utc_now)
     attempts_max: int = ATTEMPTS_MAX
+    on_executed: Callable[[Executed], None] | None = None
 
     def now(self, given: datetime | None = None) -> datetime:
         """The business time of a command: the one given, else the clock's."""
@@ -369,6 +387,35 @@ async def execute(
     A refused or empty decision is checked against the idempotency key first: if the
     key was used, the command was already done and its first result is the answer.
     """
+    if ledger.on_executed is None:
+        return await _execute(ledger, command, context, decide, decide_cached)
+    started = time.perf_counter()
+    try:
+        result = await _execute(ledger, command, context, decide, decide_cached)
+    except (DomainError, LedgerError) as refusal:
+        ledger.on_executed(_executed(command, refusal.code, 0, started))
+        raise
+    except Exception:
+        ledger.on_executed(_executed(command, OUTCOME_UNEXPECTED, 0, started))
+        raise
+    if result.replayed:
+        ledger.on_executed(_executed(command, OUTCOME_REPLAYED, 0, started))
+    else:
+        ledger.on_executed(_executed(command, OUTCOME_SUCCESS, len(result.events), started))
+    return result
+
+
+def _executed(command: msgspec.Struct, outcome: str, events: int, started: float) -> Executed:
+    return Executed(type(command).__name__, outcome, events, time.perf_counter() - started)
+
+
+async def _execute(
+    ledger: Ledger,
+    command: msgspec.Struct,
+    context: CommandContext,
+    decide: Callable[[], Awaitable[Decision]],
+    decide_cached: Callable[[], Decision | None] | None,
+) -> CommandResult:
     context = fingerprinted(context, command)
     repository = ledger.repository
     untried = decide_cached

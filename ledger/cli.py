@@ -9,7 +9,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import getpass
-import logging
 import signal
 import sys
 from collections.abc import Awaitable, Callable, Sequence
@@ -17,6 +16,7 @@ from pathlib import Path
 
 import msgspec
 
+from ledger.logs import configure_logging
 from ledger.settings import Settings, SettingsError
 
 
@@ -27,9 +27,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SettingsError as error:
         print(f"ledger: {error}", file=sys.stderr)
         return 2
-    logging.basicConfig(
-        level=settings.log_level.upper(), format="%(levelname)s %(name)s %(message)s"
-    )
+    configure_logging(settings.log_level, settings.log_format)
     command: str = arguments.command
     if command == "dev":
         from ledger.dev import run_dev
@@ -190,13 +188,20 @@ def _create_user(settings: Settings, email: str, role: str) -> int:
     if settings.database_url is None:
         print("ledger users create: set LEDGER_DATABASE_URL or --database-url", file=sys.stderr)
         return 2
+    from api.passwords import HashCost
     from api.users_admin import create_user
     from ledger.domain.errors import DomainError
 
     password = getpass.getpass("password: ") if sys.stdin.isatty() else sys.stdin.readline()
     try:
         user_id = asyncio.run(
-            create_user(settings.database_url, email, password.rstrip("\n"), role)
+            create_user(
+                settings.database_url,
+                email,
+                password.rstrip("\n"),
+                role,
+                cost=HashCost.of(settings),
+            )
         )
     except DomainError as error:
         print(f"ledger users create: {error.code}: {error}", file=sys.stderr)

@@ -226,6 +226,10 @@ async def _serve_api(
         port=settings.http_port,
         loop="uvloop",
         log_level=settings.log_level,
+        # The process's logging (ledger.logs) formats uvicorn's lines too; the API writes
+        # its own line per request, with the request id and the user.
+        log_config=None,
+        access_log=False,
         timeout_graceful_shutdown=API_STOP_TIMEOUT_S,
     )
     server = _Server(config)

@@ -16,10 +16,15 @@ from urllib.parse import urlsplit
 import msgspec
 
 LOG_LEVELS: Final = ("critical", "error", "warning", "info", "debug")
+LOG_FORMATS: Final = ("json", "text")
 DATABASE_SCHEMES: Final = ("postgresql", "postgres")
 NATS_SCHEMES: Final = ("nats", "tls", "ws", "wss")
 # HS256 keys shorter than the hash output weaken it; PyJWT warns below 32 bytes too.
 JWT_SECRET_LENGTH_MIN: Final = 32
+# argon2 needs 8 KiB per lane at least; the parallelism setting is checked against it.
+ARGON2_MEMORY_KIB_MIN: Final = 8
+INTEGER_MAX: Final = 2**31 - 1
+SECONDS_MAX: Final = 86_400.0
 JWT_SECRET_FILE: Final = "jwt_secret"  # noqa: S105 (a file name, not a secret)
 
 
@@ -35,6 +40,23 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     data_dir: Path = Path(".ledger")
     jwt_secret: str | None = None
     log_level: str = "info"
+    # One JSON object per line (for log shippers), or plain text for a terminal.
+    log_format: str = "json"
+    # Requests per minute: per signed-in user (else per client address) on every route
+    # but the ops ones, and per client address on sign-up, sign-in and refresh. 0: off.
+    rate_limit_per_minute: int = 600
+    auth_rate_limit_per_minute: int = 20
+    # /ready fails when the oldest event not yet published (relay) or not yet applied
+    # (any projection) has waited at least this long; 0: as soon as one waits at all.
+    ready_relay_lag_s_max: float = 30.0
+    ready_projection_lag_s_max: float = 60.0
+    # The bound on each database query of /ready and /metrics.
+    ops_query_timeout_s: float = 2.0
+    # argon2id cost of new password hashes: argon2-cffi's defaults (RFC 9106's second
+    # recommended option). Lower them only where nothing real is protected (the tests).
+    argon2_time_cost: int = 3
+    argon2_memory_kib: int = 65536
+    argon2_parallelism: int = 4
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -53,7 +75,37 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
             data_dir=Path(env.get("LEDGER_DATA_DIR", str(defaults.data_dir))).expanduser(),
             jwt_secret=_jwt_secret(env, "LEDGER_JWT_SECRET"),
             log_level=_log_level(env, "LEDGER_LOG_LEVEL", defaults.log_level),
+            log_format=_choice(env, "LEDGER_LOG_FORMAT", LOG_FORMATS, defaults.log_format),
+            rate_limit_per_minute=_integer(
+                env, "LEDGER_RATE_LIMIT_PER_MINUTE", defaults.rate_limit_per_minute, 0
+            ),
+            auth_rate_limit_per_minute=_integer(
+                env, "LEDGER_AUTH_RATE_LIMIT_PER_MINUTE", defaults.auth_rate_limit_per_minute, 0
+            ),
+            ready_relay_lag_s_max=_seconds(
+                env, "LEDGER_READY_RELAY_LAG_S_MAX", defaults.ready_relay_lag_s_max, 0.0
+            ),
+            ready_projection_lag_s_max=_seconds(
+                env, "LEDGER_READY_PROJECTION_LAG_S_MAX", defaults.ready_projection_lag_s_max, 0.0
+            ),
+            ops_query_timeout_s=_seconds(
+                env, "LEDGER_OPS_QUERY_TIMEOUT_S", defaults.ops_query_timeout_s, 0.01
+            ),
+            argon2_time_cost=_integer(env, "LEDGER_ARGON2_TIME_COST", defaults.argon2_time_cost, 1),
+            argon2_memory_kib=_integer(
+                env, "LEDGER_ARGON2_MEMORY_KIB", defaults.argon2_memory_kib, ARGON2_MEMORY_KIB_MIN
+            ),
+            argon2_parallelism=_integer(
+                env, "LEDGER_ARGON2_PARALLELISM", defaults.argon2_parallelism, 1
+            ),
         )
+
+    def __post_init__(self) -> None:
+        if self.argon2_memory_kib < ARGON2_MEMORY_KIB_MIN * self.argon2_parallelism:
+            raise SettingsError(
+                f"LEDGER_ARGON2_MEMORY_KIB must be at least {ARGON2_MEMORY_KIB_MIN} KiB per lane "
+                f"of LEDGER_ARGON2_PARALLELISM ({self.argon2_parallelism})"
+            )
 
     def with_dev_jwt_secret(self) -> Settings:
         """These settings with a JWT secret, the one persisted in the data dir if unset."""
@@ -116,3 +168,35 @@ def _log_level(env: Mapping[str, str], name: str, default: str) -> str:
     if value not in LOG_LEVELS:
         raise SettingsError(f"{name} must be one of {', '.join(LOG_LEVELS)}, got {value!r}")
     return value
+
+
+def _choice(env: Mapping[str, str], name: str, choices: tuple[str, ...], default: str) -> str:
+    value = env.get(name, default).strip().lower()
+    if value not in choices:
+        raise SettingsError(f"{name} must be one of {', '.join(choices)}, got {value!r}")
+    return value
+
+
+def _integer(env: Mapping[str, str], name: str, default: int, minimum: int) -> int:
+    value = env.get(name)
+    if value is None:
+        return default
+    if not value.strip().isdigit() or not minimum <= int(value) <= INTEGER_MAX:
+        raise SettingsError(f"{name} must be a whole number of at least {minimum}, got {value!r}")
+    return int(value)
+
+
+def _seconds(env: Mapping[str, str], name: str, default: float, minimum: float) -> float:
+    value = env.get(name)
+    if value is None:
+        return default
+    try:
+        seconds = float(value)
+    except ValueError:
+        seconds = float("nan")
+    # NaN fails both comparisons, so "nan" is refused like any other non-number.
+    if not minimum <= seconds <= SECONDS_MAX:
+        raise SettingsError(
+            f"{name} must be a number of seconds from {minimum:g} to {SECONDS_MAX:g}, got {value!r}"
+        )
+    return seconds

@@ -14,6 +14,7 @@ import pytest
 from litestar.testing import AsyncTestClient
 
 from api.app import create_app
+from api.passwords import HashCost
 from api.users_admin import create_user
 from ledger.domain.user import Role
 from ledger.settings import Settings
@@ -21,6 +22,11 @@ from tests.conftest import Databases
 
 PASSWORD = "correct horse battery staple"
 JWT_SECRET = secrets.token_urlsafe(48)
+# argon2's cheapest cost: the tests protect nothing, and the default cost (about 64 MiB
+# and tens of milliseconds a hash) made the suite spend most of its time hashing.
+TEST_HASH_COST = HashCost(time_cost=1, memory_kib=8, parallelism=1)
+# The shared app must never throttle the suite; tests/e2e/test_ops.py tests the limits.
+RATE_LIMIT_PER_MINUTE_MAX = 1_000_000
 
 
 class Api:
@@ -44,7 +50,11 @@ class Api:
             user_id = response.json()["user_id"]
         else:
             assert self.settings.database_url is not None
-            user_id = str(await create_user(self.settings.database_url, email, PASSWORD, role))
+            user_id = str(
+                await create_user(
+                    self.settings.database_url, email, PASSWORD, role, cost=TEST_HASH_COST
+                )
+            )
         tokens = await self.sign_in(email)
         return User(user_id, email, role, tokens["access_token"], tokens["refresh_token"])
 
@@ -74,9 +84,20 @@ class User:
 
 @pytest.fixture(scope="session")
 async def api_settings(databases: Databases, nats_url: str) -> Settings:
-    return Settings(
-        database_url=await databases.create("api"), nats_url=nats_url, jwt_secret=JWT_SECRET
-    )
+    return app_settings(await databases.create("api"), nats_url)
+
+
+def app_settings(database_url: str, nats_url: str, **overrides: Any) -> Settings:
+    """Settings for an app under test: cheap hashes, limits out of the way unless given."""
+    given: dict[str, Any] = {
+        "rate_limit_per_minute": RATE_LIMIT_PER_MINUTE_MAX,
+        "auth_rate_limit_per_minute": RATE_LIMIT_PER_MINUTE_MAX,
+        "argon2_time_cost": TEST_HASH_COST.time_cost,
+        "argon2_memory_kib": TEST_HASH_COST.memory_kib,
+        "argon2_parallelism": TEST_HASH_COST.parallelism,
+        **overrides,
+    }
+    return Settings(database_url=database_url, nats_url=nats_url, jwt_secret=JWT_SECRET, **given)
 
 
 @pytest.fixture(scope="session")

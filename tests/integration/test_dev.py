@@ -122,7 +122,13 @@ async def test_dev_serves_then_stops_on_sigterm_and_sigint_and_reuses_its_data(
     first.wait_healthy()
     async with httpx.AsyncClient(base_url=first.api, timeout=5) as client:
         ready = await client.get("/ready")
-        assert ready.json() == {"status": "ok", "postgres": "ok", "nats": "ok"}
+        assert ready.json() == {
+            "status": "ok",
+            "postgres": "ok",
+            "nats": "ok",
+            "relay": "ok",
+            "projections": "ok",
+        }
         assert (await client.get("/schema/openapi.json")).status_code == 200
     connection = await asyncpg.connect(first.postgres_url())
     try:
