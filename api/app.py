@@ -24,6 +24,7 @@ from litestar.openapi import OpenAPIConfig
 from litestar.openapi.spec import Tag
 from litestar.status_codes import HTTP_200_OK, HTTP_503_SERVICE_UNAVAILABLE
 from nats.aio.client import Client as NatsClient
+from opentelemetry.trace import TracerProvider
 
 from api import accounts, auth, events, instruments, orders, signals, strategies, users
 from api.errors import internal_error, problem_details_plugin
@@ -32,6 +33,7 @@ from api.registration import Registrar
 from api.request_id import echo_request_id
 from api.security import openapi_components
 from api.tokens import TokenIssuer
+from api.tracing import name_server_span, opentelemetry_plugin
 from commands.bootstrap import bootstrap
 from ledger.settings import Settings
 
@@ -102,8 +104,9 @@ def _nats_status(client: NatsClient) -> str:
     return "reconnecting" if client.is_reconnecting else "disconnected"
 
 
-def create_app(settings: Settings) -> Litestar:
-    """The API wired to the PostgreSQL and NATS that `settings` name."""
+def create_app(settings: Settings, *, tracer_provider: TracerProvider | None = None) -> Litestar:
+    """The API wired to the PostgreSQL and NATS that `settings` name; its spans go to
+    `tracer_provider`, which the caller owns (else to the global provider)."""
     if settings.database_url is None or settings.nats_url is None:
         raise ValueError("create_app needs settings with database_url and nats_url")
     if settings.jwt_secret is None:
@@ -121,7 +124,7 @@ def create_app(settings: Settings) -> Litestar:
             client = await _connect_nats(nats_url)
             passwords = Passwords()
             try:
-                ledger = bootstrap(pool)
+                ledger = bootstrap(pool, tracer_provider=tracer_provider)
                 app.state.pool, app.state.nats = pool, client
                 app.state.tokens, app.state.passwords = tokens, passwords
                 app.state.ledger = ledger
@@ -155,9 +158,9 @@ def create_app(settings: Settings) -> Litestar:
             components=openapi_components(),
             tags=list(OPENAPI_TAGS),
         ),
-        plugins=[problem_details_plugin()],
+        plugins=[problem_details_plugin(), opentelemetry_plugin(tracer_provider)],
         exception_handlers={Exception: internal_error},
-        before_send=[echo_request_id],
+        before_send=[echo_request_id, name_server_span],
         request_max_body_size=REQUEST_BODY_BYTES_MAX,
     )
 

@@ -14,6 +14,7 @@ from typing import Any, Final
 
 import asyncpg
 import msgspec
+from opentelemetry.trace import TracerProvider
 
 from commands import accounts, instruments, orders, signals, strategies, users
 from commands.runtime import (
@@ -64,9 +65,12 @@ def bootstrap(
     clock: Callable[[], datetime] = utc_now,
     attempts_max: int = ATTEMPTS_MAX,
     cache_streams_max: int = CACHE_STREAMS_MAX,
+    tracer_provider: TracerProvider | None = None,
 ) -> Ledger:
-    """The command side on a pool the caller owns (and closes)."""
-    repository = Repository(EventStore(pool), StreamCache(cache_streams_max))
+    """The command side on a pool the caller owns (and closes); its spans go to
+    `tracer_provider` (else to the global one, a no-op unless the process set one)."""
+    tracer = None if tracer_provider is None else tracer_provider.get_tracer("commands")
+    repository = Repository(EventStore(pool), StreamCache(cache_streams_max), tracer=tracer)
     return Ledger(repository, clock=clock, attempts_max=attempts_max)
 
 

@@ -7,6 +7,7 @@ rather than surfacing later as a confusing connection or bind error.
 from __future__ import annotations
 
 import os
+import re
 import secrets
 from collections.abc import Mapping
 from pathlib import Path
@@ -18,6 +19,9 @@ import msgspec
 LOG_LEVELS: Final = ("critical", "error", "warning", "info", "debug")
 DATABASE_SCHEMES: Final = ("postgresql", "postgres")
 NATS_SCHEMES: Final = ("nats", "tls", "ws", "wss")
+OTLP_SCHEMES: Final = ("http", "https")
+# An OpenTelemetry service name prefix: each process adds its component (ledger-api, ...).
+_SERVICE_NAME: Final = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
 # HS256 keys shorter than the hash output weaken it; PyJWT warns below 32 bytes too.
 JWT_SECRET_LENGTH_MIN: Final = 32
 JWT_SECRET_FILE: Final = "jwt_secret"  # noqa: S105 (a file name, not a secret)
@@ -35,6 +39,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     data_dir: Path = Path(".ledger")
     jwt_secret: str | None = None
     log_level: str = "info"
+    service_name: str = "ledger"
+    otlp_endpoint: str | None = None
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -53,6 +59,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
             data_dir=Path(env.get("LEDGER_DATA_DIR", str(defaults.data_dir))).expanduser(),
             jwt_secret=_jwt_secret(env, "LEDGER_JWT_SECRET"),
             log_level=_log_level(env, "LEDGER_LOG_LEVEL", defaults.log_level),
+            service_name=_service_name(env, "LEDGER_SERVICE_NAME", defaults.service_name),
+            otlp_endpoint=_otlp_endpoint(env, "LEDGER_OTLP_ENDPOINT"),
         )
 
     def with_dev_jwt_secret(self) -> Settings:
@@ -115,4 +123,25 @@ def _log_level(env: Mapping[str, str], name: str, default: str) -> str:
     value = env.get(name, default).strip().lower()
     if value not in LOG_LEVELS:
         raise SettingsError(f"{name} must be one of {', '.join(LOG_LEVELS)}, got {value!r}")
+    return value
+
+
+def _service_name(env: Mapping[str, str], name: str, default: str) -> str:
+    value = env.get(name, default).strip()
+    if not _SERVICE_NAME.match(value):
+        raise SettingsError(f"{name} must be 1-63 of [A-Za-z0-9._-], got {value!r}")
+    return value
+
+
+def _otlp_endpoint(env: Mapping[str, str], name: str) -> str | None:
+    """The OTLP/HTTP collector's base URL, as in OTEL_EXPORTER_OTLP_ENDPOINT."""
+    value = env.get(name)
+    if value is None:
+        return None
+    value = value.strip()
+    parts = urlsplit(value)
+    if parts.scheme not in OTLP_SCHEMES or not parts.netloc:
+        raise SettingsError(
+            f"{name} must be a URL starting with http:// or https://, got {value!r}"
+        )
     return value

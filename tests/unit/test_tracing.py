@@ -1,0 +1,171 @@
+"""Tracing without servers: settings, trace-context parsing, and a real OTLP/HTTP export
+to a collector stand-in on the loopback."""
+
+from __future__ import annotations
+
+import gzip
+import threading
+import zlib
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, HTTPServer
+
+import pytest
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.trace import INVALID_SPAN
+
+from ledger import tracing
+from ledger.settings import Settings, SettingsError
+
+VALID = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+MALFORMED = [
+    "",
+    "garbage",
+    "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331",  # no flags
+    "00-00000000000000000000000000000000-b7ad6b7169203331-01",  # zero trace id
+    "00-0af7651916cd43dd8448eb211c80319c-0000000000000000-01",  # zero span id
+    "ff-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",  # forbidden version
+    "00-0AF7651916CD43DD8448EB211C80319C-B7AD6B7169203331-01",  # upper case
+    "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01-extra",
+    "x" * 10_000,
+]
+
+
+def test_settings_read_the_service_name_and_the_otlp_endpoint() -> None:
+    settings = Settings.from_env(
+        {"LEDGER_SERVICE_NAME": "books", "LEDGER_OTLP_ENDPOINT": "http://collector:4318"}
+    )
+    assert settings.service_name == "books"
+    assert settings.otlp_endpoint == "http://collector:4318"
+    assert Settings.from_env({}).service_name == "ledger"
+    assert Settings.from_env({}).otlp_endpoint is None
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("LEDGER_OTLP_ENDPOINT", "collector:4318"),
+        ("LEDGER_OTLP_ENDPOINT", "grpc://collector:4317"),
+        ("LEDGER_SERVICE_NAME", "two words"),
+        ("LEDGER_SERVICE_NAME", "x" * 64),
+    ],
+)
+def test_bad_tracing_settings_name_the_variable(name: str, value: str) -> None:
+    with pytest.raises(SettingsError, match=name):
+        Settings.from_env({name: value})
+
+
+def test_a_valid_traceparent_is_a_remote_parent() -> None:
+    context = tracing.context_of_traceparent(VALID)
+    assert context is not None
+    span_context = tracing.span_context_of(context)
+    assert span_context.is_remote
+    assert span_context.trace_id == 0x0AF7651916CD43DD8448EB211C80319C
+    assert span_context.span_id == 0xB7AD6B7169203331
+
+
+@pytest.mark.parametrize("traceparent", MALFORMED)
+def test_a_malformed_traceparent_is_ignored(traceparent: str) -> None:
+    assert tracing.context_of_traceparent(traceparent) is None
+    assert tracing.context_of({"traceparent": traceparent, "tracestate": "a=b"}) is None
+
+
+def test_no_headers_or_no_traceparent_is_no_parent() -> None:
+    assert tracing.context_of(None) is None
+    assert tracing.context_of({}) is None
+    assert tracing.context_of({"Nats-Msg-Id": "x"}) is None
+    assert tracing.context_of_traceparent(None) is None
+
+
+def test_a_span_outside_any_trace_has_no_traceparent() -> None:
+    assert tracing.traceparent_of(INVALID_SPAN) is None
+    assert tracing.headers_of(INVALID_SPAN) == {}
+
+
+def test_a_child_of_a_traceparent_keeps_its_trace_and_tracestate() -> None:
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    parent = tracing.context_of({"traceparent": VALID, "tracestate": "vendor=1"})
+    span = provider.get_tracer("test").start_span("child", context=parent)
+    headers = tracing.headers_of(span)
+    span.end()
+    child = exporter.get_finished_spans()[0]
+    assert child.parent is not None and child.parent.span_id == 0xB7AD6B7169203331
+    assert headers["traceparent"] == f"00-{VALID[3:35]}-{child.context.span_id:016x}-01"
+    assert headers["tracestate"] == "vendor=1"
+    assert tracing.traceparent_of(span) == headers["traceparent"]
+
+
+def test_without_an_endpoint_nothing_is_exported() -> None:
+    assert tracing.otlp_exporter(Settings(), {}) is None
+    assert tracing.otlp_exporter(Settings(), {"OTEL_EXPORTER_OTLP_ENDPOINT": " "}) is None
+
+
+def test_the_standard_variable_turns_export_on() -> None:
+    environ = {"OTEL_EXPORTER_OTLP_ENDPOINT": "http://127.0.0.1:9"}
+    assert tracing.otlp_exporter(Settings(), environ) is not None
+
+
+class Collector:
+    """An OTLP/HTTP collector stand-in: keeps every export request it is sent."""
+
+    def __init__(self) -> None:
+        self.requests: list[tuple[str, ExportTraceServiceRequest]] = []
+        self.received = threading.Event()
+        collector = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:  # noqa: N802 (the stdlib's name)
+                body = self.rfile.read(int(self.headers["Content-Length"]))
+                encoding = self.headers.get("Content-Encoding", "")
+                if encoding == "gzip":
+                    body = gzip.decompress(body)
+                elif encoding == "deflate":
+                    body = zlib.decompress(body)
+                request = ExportTraceServiceRequest()
+                request.ParseFromString(body)
+                collector.requests.append((self.path, request))
+                collector.received.set()
+                self.send_response(200)
+                self.send_header("Content-Type", "application/x-protobuf")
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+            def log_message(self, *_: object) -> None:
+                pass
+
+        self.server = HTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture
+def collector() -> Iterator[Collector]:
+    running = Collector()
+    yield running
+    running.close()
+
+
+def test_spans_are_exported_over_otlp_http_when_an_endpoint_is_set(collector: Collector) -> None:
+    settings = Settings(service_name="books", otlp_endpoint=collector.url)
+    with tracing.traced(settings, "relay") as provider:
+        with provider.get_tracer("test").start_as_current_span("publish LEDGER"):
+            pass
+    # Shutting the provider down flushed the batch: the export has been answered.
+    assert collector.received.is_set()
+    path, request = collector.requests[0]
+    assert path == "/v1/traces"
+    resource = request.resource_spans[0].resource
+    attributes = {item.key: item.value.string_value for item in resource.attributes}
+    assert attributes["service.name"] == "books-relay"
+    assert attributes["service.namespace"] == "books"
+    spans = [span for scope in request.resource_spans[0].scope_spans for span in scope.spans]
+    assert [span.name for span in spans] == ["publish LEDGER"]
