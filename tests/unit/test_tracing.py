@@ -7,17 +7,21 @@ import gzip
 import threading
 import zlib
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, HTTPServer
+from uuid import uuid4
 
 import pytest
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
-from opentelemetry.trace import INVALID_SPAN
+from opentelemetry.trace import INVALID_SPAN, NoOpTracerProvider, SpanKind
 
-from ledger import tracing
+from ledger import relay, tracing
+from ledger.sequencer import SequencedEvent
 from ledger.settings import Settings, SettingsError
+from ledger.store import RecordedEvent
 
 VALID = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
 MALFORMED = [
@@ -93,7 +97,8 @@ def test_a_child_of_a_traceparent_keeps_its_trace_and_tracestate() -> None:
     headers = tracing.headers_of(span)
     span.end()
     child = exporter.get_finished_spans()[0]
-    assert child.parent is not None and child.parent.span_id == 0xB7AD6B7169203331
+    assert child.parent is not None
+    assert child.parent.span_id == 0xB7AD6B7169203331
     assert headers["traceparent"] == f"00-{VALID[3:35]}-{child.context.span_id:016x}-01"
     assert headers["tracestate"] == "vendor=1"
     assert tracing.traceparent_of(span) == headers["traceparent"]
@@ -118,7 +123,7 @@ class Collector:
         collector = self
 
         class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:  # noqa: N802 (the stdlib's name)
+            def do_POST(self) -> None:
                 body = self.rfile.read(int(self.headers["Content-Length"]))
                 encoding = self.headers.get("Content-Encoding", "")
                 if encoding == "gzip":
@@ -156,9 +161,11 @@ def collector() -> Iterator[Collector]:
 
 def test_spans_are_exported_over_otlp_http_when_an_endpoint_is_set(collector: Collector) -> None:
     settings = Settings(service_name="books", otlp_endpoint=collector.url)
-    with tracing.traced(settings, "relay") as provider:
-        with provider.get_tracer("test").start_as_current_span("publish LEDGER"):
-            pass
+    with (
+        tracing.traced(settings, "relay") as provider,
+        provider.get_tracer("test").start_as_current_span("publish LEDGER"),
+    ):
+        pass
     # Shutting the provider down flushed the batch: the export has been answered.
     assert collector.received.is_set()
     path, request = collector.requests[0]
@@ -169,3 +176,73 @@ def test_spans_are_exported_over_otlp_http_when_an_endpoint_is_set(collector: Co
     assert attributes["service.namespace"] == "books"
     spans = [span for scope in request.resource_spans[0].scope_spans for span in scope.spans]
     assert [span.name for span in spans] == ["publish LEDGER"]
+
+
+def sequenced(trace_context: str | None) -> SequencedEvent:
+    event = RecordedEvent(
+        position=1,
+        tx=1,
+        event_id=uuid4(),
+        stream_id=uuid4(),
+        stream_type="account",
+        version=1,
+        topic="ledger.domain.account:AccountOpened",
+        schema_version=1,
+        recorded_at=datetime.now(UTC),
+        actor=None,
+        correlation_id=None,
+        causation_id=None,
+        idempotency_key=None,
+        data=b"{}",
+        prev_hash=bytes(32),
+        hash=bytes(32),
+        trace_context=trace_context,
+    )
+    return SequencedEvent(7, 1, bytes(32), event)
+
+
+@pytest.mark.parametrize("traceparent", [None, *MALFORMED])
+def test_the_relay_publishes_an_untraced_event_without_span_or_header(
+    traceparent: str | None,
+) -> None:
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    item = sequenced(traceparent)
+    headers = relay.headers_of(item)
+    assert "traceparent" not in headers
+    span = relay.publish_span(provider.get_tracer("test"), relay.RelayOptions(), item, headers)
+    assert span is None
+    assert "traceparent" not in headers
+    assert exporter.get_finished_spans() == ()
+
+
+def test_the_relay_publishes_a_traced_event_in_a_child_span_whose_context_it_sends() -> None:
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    item = sequenced(VALID)
+    headers = relay.headers_of(item)
+    assert headers["traceparent"] == VALID  # The stored context, before the span.
+    span = relay.publish_span(provider.get_tracer("test"), relay.RelayOptions(), item, headers)
+    assert span is not None
+    span.end()
+    (published,) = exporter.get_finished_spans()
+    assert published.kind is SpanKind.PRODUCER
+    assert published.name == "publish LEDGER"
+    assert published.parent is not None
+    assert published.parent.span_id == 0xB7AD6B7169203331
+    assert headers["traceparent"] == f"00-{VALID[3:35]}-{published.context.span_id:016x}-01"
+    assert published.attributes is not None
+    assert published.attributes["ledger.sequence"] == 7
+    assert published.attributes["messaging.message.id"] == str(item.event.event_id)
+
+
+def test_without_a_tracer_provider_the_stored_context_is_sent_as_it_is() -> None:
+    item = sequenced(VALID)
+    headers = relay.headers_of(item)
+    span = relay.publish_span(
+        NoOpTracerProvider().get_tracer("test"), relay.RelayOptions(), item, headers
+    )
+    assert span is not None
+    assert headers["traceparent"] == VALID
