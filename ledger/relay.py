@@ -167,10 +167,10 @@ def publish_span(
 ) -> Span | None:
     """Start the publish span of a traced event and put its context in `headers`; None,
     and `headers` untouched, for an event without a valid trace context."""
-    parent = tracing.context_of(headers)
+    event = item.event
+    parent = tracing.context_of_traceparent(event.trace_context)
     if parent is None:
         return None
-    event = item.event
     span = tracer.start_span(
         f"publish {options.stream_name}",
         context=parent,

@@ -15,9 +15,12 @@ Each entry point (`ledger serve`, `dev`, `relay`, `project`) makes its providers
 `traced(settings, component)`, passes them down explicitly and shuts them down on the
 way out, which exports what is still buffered. Spans go to an OTLP/HTTP collector when
 LEDGER_OTLP_ENDPOINT (or the standard OTEL_EXPORTER_OTLP_ENDPOINT or
-OTEL_EXPORTER_OTLP_TRACES_ENDPOINT) is set, and nowhere otherwise: the spans are still
-made, so events still carry a trace context that the relay and workers follow. The SDK
-reads the other standard variables itself (OTEL_TRACES_SAMPLER, OTEL_SDK_DISABLED, ...).
+OTEL_EXPORTER_OTLP_TRACES_ENDPOINT) is set. Otherwise nothing would see a span, so none
+is recorded (sampler always_off, unless OTEL_TRACES_SAMPLER names one): spans still get
+ids and pass the trace on, so events still carry a trace context (a caller's trace id
+included) for the relay and the workers to follow, at a fraction of a recorded span's
+cost. The SDK reads the other standard variables itself (OTEL_TRACES_SAMPLER_ARG,
+OTEL_SDK_DISABLED, ...); a ratio sampler is how to trace a busy ledger cheaply.
 
 Trace contexts that arrive from outside (an HTTP header, a stored column, a NATS header)
 are parsed leniently: a malformed one is treated as absent, never as an error.
@@ -26,6 +29,7 @@ are parsed leniently: a malformed one is treated as absent, never as an error.
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 from collections.abc import Iterator, Mapping
 from typing import Final
@@ -35,6 +39,7 @@ from opentelemetry.context import Context
 from opentelemetry.sdk.resources import SERVICE_NAME, SERVICE_NAMESPACE, Resource
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter
+from opentelemetry.sdk.trace.sampling import ALWAYS_OFF
 from opentelemetry.trace import Span, SpanContext
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
@@ -46,6 +51,7 @@ TRACESTATE: Final = "tracestate"
 # The OTLP/HTTP path for traces, appended to a base endpoint as the standard variable does.
 TRACES_PATH: Final = "/v1/traces"
 STANDARD_ENDPOINTS: Final = ("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "OTEL_EXPORTER_OTLP_ENDPOINT")
+STANDARD_SAMPLER: Final = "OTEL_TRACES_SAMPLER"
 
 _propagator: Final = TraceContextTextMapPropagator()
 
@@ -54,16 +60,19 @@ def tracer_provider(
     settings: Settings, component: str, *, environ: Mapping[str, str] | None = None
 ) -> TracerProvider:
     """A provider for one component (`<service name>-<component>`), exporting over OTLP
-    when an endpoint is configured, else keeping no span once it ends."""
+    when an endpoint is configured, else recording nothing (see the module's doc)."""
     assert component in COMPONENTS, component
+    environ = os.environ if environ is None else environ
+    exporter = otlp_exporter(settings, environ)
+    # None: the SDK's default, or the sampler OTEL_TRACES_SAMPLER names.
+    sampler = None if exporter is not None or environ.get(STANDARD_SAMPLER) else ALWAYS_OFF
     resource = Resource.create(
         {
             SERVICE_NAME: f"{settings.service_name}-{component}",
             SERVICE_NAMESPACE: settings.service_name,
         }
     )
-    provider = TracerProvider(resource=resource)
-    exporter = otlp_exporter(settings, os.environ if environ is None else environ)
+    provider = TracerProvider(resource=resource, sampler=sampler)
     if exporter is not None:
         provider.add_span_processor(BatchSpanProcessor(exporter))
     return provider
@@ -103,8 +112,10 @@ def context_of(headers: Mapping[str, str] | None) -> Context | None:
     return context if span_context_of(context).is_valid else None
 
 
+@functools.lru_cache(maxsize=1_024)
 def context_of_traceparent(traceparent: str | None) -> Context | None:
-    """`context_of` for a stored traceparent alone."""
+    """`context_of` for a stored traceparent alone. Remembered: the relay asks twice per
+    event, and the events of one append share theirs (a Context is immutable)."""
     return None if traceparent is None else context_of({TRACEPARENT: traceparent})
 
 

@@ -11,17 +11,23 @@ from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, HTTPServer
 from uuid import uuid4
 
+import msgspec
 import pytest
+from nats.aio.msg import Msg
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
-from opentelemetry.trace import INVALID_SPAN, NoOpTracerProvider, SpanKind
+from opentelemetry.trace import INVALID_SPAN, NoOpTracerProvider, SpanKind, StatusCode
 
 from ledger import relay, tracing
 from ledger.sequencer import SequencedEvent
 from ledger.settings import Settings, SettingsError
 from ledger.store import RecordedEvent
+from projections import worker
+from projections.base import LoggedEvent
+from projections.registry import PROJECTIONS
+from projections.worker import Runner, WorkerOptions
 
 VALID = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
 MALFORMED = [
@@ -246,3 +252,86 @@ def test_without_a_tracer_provider_the_stored_context_is_sent_as_it_is() -> None
     )
     assert span is not None
     assert headers["traceparent"] == VALID
+
+
+def traceparent(trace_id: int, span_id: int) -> str:
+    return f"00-{trace_id:032x}-{span_id:016x}-01"
+
+
+def message(sequence: int, topic: str, headers: dict[str, str]) -> tuple[Msg, LoggedEvent]:
+    event = LoggedEvent(
+        sequence=sequence,
+        stream_id=uuid4(),
+        stream_type="account",
+        version=1,
+        topic=topic,
+        recorded_at=datetime.now(UTC),
+        data=msgspec.Raw(b"{}"),
+    )
+    return Msg(None, subject="s", data=b"", headers=headers), event  # type: ignore[arg-type]
+
+
+def test_a_batch_of_several_traces_gets_an_apply_span_per_trace() -> None:
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    projection = PROJECTIONS["accounts"]
+    handled, ignored = sorted(projection.topics)[0], "tests:NotHandled"
+    batch = [
+        message(1, handled, {"traceparent": traceparent(0xA, 0xA1)}),
+        message(2, handled, {"traceparent": traceparent(0xB, 0xB1)}),
+        message(3, handled, {"traceparent": traceparent(0xA, 0xA2)}),
+        message(4, handled, {}),
+        message(5, ignored, {"traceparent": traceparent(0xC, 0xC1)}),
+        message(6, handled, {"traceparent": "00-garbage-01"}),
+    ]
+    runner = Runner(
+        projection,
+        None,  # type: ignore[arg-type]
+        None,  # type: ignore[arg-type]
+        WorkerOptions(),
+        provider.get_tracer("test"),
+    )
+    spans = runner._apply_spans([m for m, _ in batch], [e for _, e in batch])
+    worker._end_applied(spans, checkpoint=2)  # Parked at 3: trace A is not all applied.
+
+    by_trace = {span.context.trace_id: span for span in exporter.get_finished_spans()}
+    assert set(by_trace) == {0xA, 0xB}  # C is not this projection's; 4 and 6 have none.
+    first, second = by_trace[0xA], by_trace[0xB]
+    assert first.name == second.name == "apply accounts"
+    assert first.parent is not None
+    assert first.parent.span_id == 0xA1
+    assert [link.context.span_id for link in first.links] == [0xA2]
+    assert second.parent is not None
+    assert second.parent.span_id == 0xB1
+    assert not second.links
+    assert first.attributes is not None
+    assert first.attributes["ledger.batch.traces"] == 2
+    assert first.attributes["messaging.batch.message_count"] == 6
+    assert (
+        first.attributes["ledger.sequence.first"],
+        first.attributes["ledger.sequence.last"],
+    ) == (1, 3)
+    assert first.status.status_code is StatusCode.ERROR
+    assert second.status.status_code is StatusCode.UNSET
+
+
+def test_without_an_exporter_spans_are_not_recorded_but_the_trace_goes_on() -> None:
+    provider = tracing.tracer_provider(Settings(), "api", environ={})
+    tracer = provider.get_tracer("test")
+    root = tracer.start_span("root")
+    assert not root.is_recording()
+    assert root.get_span_context().is_valid
+    stored = tracing.traceparent_of(root)
+    assert stored is not None
+    # The sampled flag is off: nobody records it downstream either.
+    assert not int(stored.rsplit("-", 1)[1], 16) & 0x01
+    child = tracer.start_span("child", context=tracing.context_of({"traceparent": VALID}))
+    assert child.get_span_context().trace_id == 0x0AF7651916CD43DD8448EB211C80319C
+    assert not child.is_recording()
+
+
+def test_a_sampler_named_in_the_environment_records_even_without_an_exporter() -> None:
+    environ = {"OTEL_TRACES_SAMPLER": "always_on"}
+    provider = tracing.tracer_provider(Settings(), "api", environ=environ)
+    assert provider.get_tracer("test").start_span("root").is_recording()
