@@ -268,6 +268,9 @@ async def test_a_request_without_a_traceparent_starts_its_own_trace(traced: Trac
     spans = await applied_in(traced, http[0].context.trace_id)
     assert {"command OpenAccount", "ledger.append", "apply accounts"} <= {s.name for s in spans}
 
+    # Liveness is not traced.
+    assert (await traced.client.get("/health")).status_code == 200
+    assert not [s for s in traced.exporter.get_finished_spans() if "/health" in s.name]
     # A route with a path parameter names its span by the template, not by the id.
     deposit_id = f"req-{secrets.token_hex(8)}"
     deposited = await traced.client.post(
