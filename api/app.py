@@ -22,6 +22,7 @@ from litestar.datastructures import State
 from litestar.openapi import OpenAPIConfig
 from litestar.openapi.spec import Tag
 from nats.aio.client import Client as NatsClient
+from opentelemetry.trace import TracerProvider
 
 from api import accounts, auth, events, instruments, orders, signals, strategies, users
 from api.errors import internal_error, problem_details_plugin
@@ -34,6 +35,7 @@ from api.registration import Registrar
 from api.request_id import echo_request_id
 from api.security import openapi_components
 from api.tokens import TokenIssuer
+from api.tracing import name_server_span, opentelemetry_plugin
 from commands.bootstrap import bootstrap
 from ledger.settings import Settings
 
@@ -57,8 +59,9 @@ OPENAPI_TAGS: Final = (
 logger = logging.getLogger(__name__)
 
 
-def create_app(settings: Settings) -> Litestar:
-    """The API wired to the PostgreSQL and NATS that `settings` name."""
+def create_app(settings: Settings, *, tracer_provider: TracerProvider | None = None) -> Litestar:
+    """The API wired to the PostgreSQL and NATS that `settings` name; its spans go to
+    `tracer_provider`, which the caller owns (else to the global provider)."""
     if settings.database_url is None or settings.nats_url is None:
         raise ValueError("create_app needs settings with database_url and nats_url")
     if settings.jwt_secret is None:
@@ -76,7 +79,9 @@ def create_app(settings: Settings) -> Litestar:
             client = await _connect_nats(nats_url)
             passwords = Passwords(HashCost.of(settings))
             try:
-                ledger = bootstrap(pool, on_executed=command_executed)
+                ledger = bootstrap(
+                    pool, on_executed=command_executed, tracer_provider=tracer_provider
+                )
                 app.state.pool, app.state.nats = pool, client
                 app.state.tokens, app.state.passwords = tokens, passwords
                 app.state.ledger = ledger
@@ -111,11 +116,11 @@ def create_app(settings: Settings) -> Litestar:
             components=openapi_components(),
             tags=list(OPENAPI_TAGS),
         ),
-        plugins=[problem_details_plugin()],
+        plugins=[problem_details_plugin(), opentelemetry_plugin(tracer_provider)],
         exception_handlers={Exception: internal_error},
         # Ops, outermost first: timing and log context, HTTP metrics, then the limits.
         middleware=[timed, http_metrics().middleware, *rate_limits(settings)],
-        before_send=[echo_request_id, log_request],
+        before_send=[echo_request_id, log_request, name_server_span],
         request_max_body_size=REQUEST_BODY_BYTES_MAX,
         # Logging is the process's (ledger.logs, set up by the CLI): Litestar's default
         # configuration would replace the root logger's handlers with its own.

@@ -14,6 +14,7 @@ from typing import Any, Final
 
 import asyncpg
 import msgspec
+from opentelemetry.trace import TracerProvider
 
 from commands import accounts, instruments, orders, signals, strategies, users
 from commands.runtime import (
@@ -66,9 +67,13 @@ def bootstrap(
     attempts_max: int = ATTEMPTS_MAX,
     cache_streams_max: int = CACHE_STREAMS_MAX,
     on_executed: Callable[[Executed], None] | None = None,
+    tracer_provider: TracerProvider | None = None,
 ) -> Ledger:
-    """The command side on a pool the caller owns (and closes); `on_executed` for metrics."""
-    repository = Repository(EventStore(pool), StreamCache(cache_streams_max))
+    """The command side on a pool the caller owns (and closes); `on_executed` for metrics;
+    its spans go to `tracer_provider` (else to the global one, a no-op unless the process
+    set one)."""
+    tracer = None if tracer_provider is None else tracer_provider.get_tracer("commands")
+    repository = Repository(EventStore(pool), StreamCache(cache_streams_max), tracer=tracer)
     return Ledger(repository, clock=clock, attempts_max=attempts_max, on_executed=on_executed)
 
 

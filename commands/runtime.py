@@ -15,6 +15,10 @@ Idempotency: the context's key goes to the store with the events. A retried comm
 whose decision still stands is answered by the store with the first result; one whose
 decision is now refused or empty (the order exists already, the fill id is known) looks
 the key up before giving that answer, so a retry always gets the first result back.
+
+Tracing: `execute` runs in a span `command <Type>` (its streams, attempts and outcome)
+and each append in a child span `ledger.append`, whose W3C traceparent is stored on the
+events appended, so the relay and the projections continue the request's trace.
 """
 
 from __future__ import annotations
@@ -31,8 +35,11 @@ from typing import Any, Final, NamedTuple, TypeVar
 from uuid import UUID
 
 import msgspec
+from opentelemetry import trace
+from opentelemetry.trace import Span, Status, StatusCode, Tracer
 
 from commands.reads import StreamReader
+from ledger import tracing
 from ledger.domain import DomainError, Event, StreamEvent, decode_event
 from ledger.domain.base import assert_utc
 from ledger.domain.errors import ValidationError
@@ -44,6 +51,10 @@ ATTEMPTS_MAX: Final = 8
 BACKOFF_BASE_S: Final = 0.002
 BACKOFF_MAX_S: Final = 0.100
 CACHE_STREAMS_MAX: Final = 50_000
+# Span attributes of the command side.
+COMMAND: Final = "ledger.command"
+OUTCOME: Final = "ledger.outcome"
+STREAMS: Final = "ledger.streams"
 
 OUTCOME_SUCCESS: Final = "success"
 OUTCOME_REPLAYED: Final = "replayed"
@@ -143,10 +154,13 @@ class Repository:
         store: EventStore,
         cache: StreamCache | None = None,
         reader: StreamReader | None = None,
+        tracer: Tracer | None = None,
     ) -> None:
         self.store = store
         self.cache = cache if cache is not None else StreamCache()
         self.reader = reader if reader is not None else StreamReader(store)
+        # Without one, the global provider's (a no-op unless the process installed one).
+        self.tracer = tracer if tracer is not None else trace.get_tracer(__name__)
 
     def cached_state(self, stream_id: UUID, stream_type: str) -> Any:
         """The last state this process saw of a stream, perhaps stale; None if not cached
@@ -206,7 +220,9 @@ class Repository:
         loaded: Mapping[UUID, Loaded],
         context: CommandContext,
     ) -> AppendResult:
-        """Append a decision's events, each stream expected at the head it was loaded at."""
+        """Append a decision's events, each stream expected at the head it was loaded at.
+
+        In a span `ledger.append` whose traceparent is stored with the events."""
         new_events = [
             NewEvent(
                 stream_id=item.stream_id,
@@ -218,23 +234,41 @@ class Repository:
             for item in events
         ]
         expected = {item.stream_id: _head(loaded, item.stream_id) for item in events}
-        try:
-            result = await self.store.append(
-                new_events,
-                expected,
-                actor=context.actor,
-                correlation_id=context.correlation_id,
-                causation_id=context.causation_id,
-                idempotency_key=context.idempotency_key,
-                fingerprint=context.fingerprint,
+        with self.tracer.start_as_current_span(
+            "ledger.append",
+            attributes={STREAMS: [str(stream_id) for stream_id in expected]},
+            record_exception=False,
+            set_status_on_exception=False,
+        ) as span:
+            try:
+                result = await self.store.append(
+                    new_events,
+                    expected,
+                    actor=context.actor,
+                    correlation_id=context.correlation_id,
+                    causation_id=context.causation_id,
+                    idempotency_key=context.idempotency_key,
+                    fingerprint=context.fingerprint,
+                    trace_context=tracing.traceparent_of(span),
+                )
+            except ConcurrencyError as conflict:
+                span.set_attribute(OUTCOME, "conflict")
+                # A later version means the cached states are still a prefix of the log,
+                # and the retry's load reads only what was appended since. The same version
+                # with another hash means a cached head is not the log's: trust none.
+                if conflict.actual_version == conflict.expected_version:
+                    self.cache.forget(expected)
+                raise
+            except Exception as error:
+                _failed(span, error)
+                raise
+            span.set_attributes(
+                {
+                    OUTCOME: "replayed" if result.replayed else "appended",
+                    "ledger.events": len(result.events),
+                    "ledger.position.last": result.events[-1].position,
+                }
             )
-        except ConcurrencyError as conflict:
-            # A later version means the cached states are still a prefix of the log, and
-            # the retry's load reads only what was appended since. The same version with
-            # another hash means a cached head is not the log's: trust none of them.
-            if conflict.actual_version == conflict.expected_version:
-                self.cache.forget(expected)
-            raise
         if result.replayed:
             # The first attempt's events are in the log, not necessarily these: reload later.
             self.cache.forget(expected)
@@ -326,6 +360,10 @@ class Ledger:
     clock: Callable[[], datetime] = field(default=utc_now)
     attempts_max: int = ATTEMPTS_MAX
     on_executed: Callable[[Executed], None] | None = None
+
+    @property
+    def tracer(self) -> Tracer:
+        return self.repository.tracer
 
     def now(self, given: datetime | None = None) -> datetime:
         """The business time of a command: the one given, else the clock's."""
@@ -419,9 +457,12 @@ async def _execute(
     context = fingerprinted(context, command)
     repository = ledger.repository
     untried = decide_cached
+    attempts = 0
+    name = type(command).__name__
 
     async def attempt() -> CommandResult:
-        nonlocal untried
+        nonlocal untried, attempts
+        attempts += 1
         decision = None if untried is None else _with_events(untried)
         untried = None  # Retries follow a conflict: the cache is behind, load.
         if decision is None:
@@ -434,12 +475,50 @@ async def _execute(
                 return first
         if not decision.events:
             return await repository.first_result(context) or NOTHING
+        trace.get_current_span().set_attribute(STREAMS, _stream_ids(decision.events))
         append = await repository.save(decision.events, decision.loaded, context)
         if append.replayed:
             return CommandResult(await repository.events_of(append), append)
         return CommandResult(decision.events, append)
 
-    return await retrying(attempt, attempts=ledger.attempts_max)
+    with ledger.tracer.start_as_current_span(
+        f"command {name}",
+        attributes={COMMAND: name},
+        record_exception=False,
+        set_status_on_exception=False,
+    ) as span:
+        try:
+            result = await retrying(attempt, attempts=ledger.attempts_max)
+        except DomainError as refusal:
+            span.set_attributes({OUTCOME: "refused", "ledger.error.code": refusal.code})
+            raise
+        except ConcurrencyError:
+            span.set_attribute(OUTCOME, "conflict")
+            raise
+        except Exception as error:
+            _failed(span, error)
+            raise
+        finally:
+            span.set_attribute("ledger.attempts", attempts)
+        span.set_attribute(OUTCOME, _outcome_of(result))
+        return result
+
+
+def _outcome_of(result: CommandResult) -> str:
+    if result.append is None:
+        return "unchanged"
+    return "replayed" if result.append.replayed else "appended"
+
+
+def _stream_ids(events: Iterable[StreamEvent]) -> list[str]:
+    return [str(stream_id) for stream_id in dict.fromkeys(item.stream_id for item in events)]
+
+
+def _failed(span: Span, error: Exception) -> None:
+    """Mark a span failed by an unexpected error (a refusal or a conflict is not one)."""
+    span.set_attribute(OUTCOME, "failed")
+    span.record_exception(error)
+    span.set_status(Status(StatusCode.ERROR, f"{type(error).__name__}: {error}"))
 
 
 def _with_events(decide_cached: Callable[[], Decision | None]) -> Decision | None:
@@ -461,6 +540,8 @@ async def execute_on_stream(
     """`execute` for a decision on one stream: ``decide(state) -> events``."""
 
     async def load_and_decide() -> Decision:
+        # Named before deciding, so that a refusal's span says which stream refused.
+        trace.get_current_span().set_attribute(STREAMS, [str(stream[0])])
         loaded = await ledger.repository.load(wanted(stream))
         target = loaded[stream[0]]
         return Decision(on_stream(target, decide(target.state)), loaded)

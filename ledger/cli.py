@@ -145,9 +145,13 @@ def _relay(settings: Settings) -> int:
         print("ledger relay: set LEDGER_DATABASE_URL and LEDGER_NATS_URL", file=sys.stderr)
         return 2
     from ledger.relay import run_relay
+    from ledger.tracing import traced
 
     database_url, nats_url = settings.database_url, settings.nats_url
-    _run_until_signal(lambda stop: run_relay(database_url, nats_url, stop=stop))
+    with traced(settings, "relay") as provider:
+        _run_until_signal(
+            lambda stop: run_relay(database_url, nats_url, stop=stop, tracer_provider=provider)
+        )
     return 0
 
 
@@ -169,12 +173,16 @@ def _project(settings: Settings, names: list[str], rebuild_name: str | None) -> 
         if settings.nats_url is None:
             print("ledger project: set LEDGER_NATS_URL or --nats-url", file=sys.stderr)
             return 2
+        from ledger.tracing import traced
         from projections.worker import run_projections
 
         nats_url = settings.nats_url
-        parked = _run_until_signal(
-            lambda stop: run_projections(database_url, nats_url, names, stop=stop)
-        )
+        with traced(settings, "projections") as provider:
+            parked = _run_until_signal(
+                lambda stop: run_projections(
+                    database_url, nats_url, names, stop=stop, tracer_provider=provider
+                )
+            )
     except UnknownProjectionError as error:
         print(f"ledger project: unknown read model {error}", file=sys.stderr)
         return 2

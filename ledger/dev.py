@@ -18,7 +18,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import signal
-from collections.abc import Coroutine, Iterator, Sequence
+from collections.abc import Coroutine, Iterator, Mapping, Sequence
 from types import FrameType
 from typing import Any, Final, Literal
 from urllib.parse import urlsplit, urlunsplit
@@ -27,11 +27,13 @@ import asyncpg
 import msgspec
 import uvicorn
 import uvloop
+from opentelemetry.sdk.trace import TracerProvider
 
 from api.app import create_app
 from ledger.embedded import EmbeddedNats, EmbeddedPostgres, EmbeddedServer
 from ledger.migrate import migrate
 from ledger.settings import Settings
+from ledger.tracing import COMPONENTS, traced
 
 LEDGER_DATABASE: Final = "ledger"
 CONNECT_TIMEOUT_S: Final = 10.0
@@ -100,8 +102,12 @@ def run_dev(settings: Settings) -> int:
     try:
         with contextlib.ExitStack() as stack:
             try:
+                # Entered first, so shut down (and flushed) last, once everything stopped.
+                providers = {
+                    name: stack.enter_context(traced(settings, name)) for name in COMPONENTS
+                }
                 settings, admin_url, servers = _start_servers(settings, stack)
-                _run_loop(_dev(settings, admin_url, servers, shutdown), shutdown)
+                _run_loop(_dev(settings, admin_url, servers, shutdown, providers), shutdown)
             finally:
                 shutdown.phase = "stopping"
                 print("ledger dev: stopping", flush=True)
@@ -120,7 +126,9 @@ def run_serve(settings: Settings) -> int:
     shutdown = _Shutdown()
     shutdown.install()
     try:
-        _run_loop(_serve_api(settings, shutdown, banner=None, watched=()), shutdown)
+        with traced(settings, "api") as provider:
+            serving = _serve_api(settings, shutdown, banner=None, watched=(), tracer=provider)
+            _run_loop(serving, shutdown)
     except (ShutdownRequested, asyncio.CancelledError):
         if not shutdown.requested:
             raise
@@ -172,6 +180,7 @@ async def _dev(
     admin_url: str | None,
     servers: Sequence[EmbeddedServer],
     shutdown: _Shutdown,
+    providers: Mapping[str, TracerProvider],
 ) -> None:
     shutdown.task = asyncio.current_task()
     assert settings.database_url is not None
@@ -182,14 +191,18 @@ async def _dev(
     applied = await migrate(settings.database_url)
     print(f"ledger dev: migrations applied: {', '.join(applied) or 'none pending'}", flush=True)
     stop = asyncio.Event()
-    workers = _start_workers(settings, stop)
+    workers = _start_workers(settings, stop, providers)
     try:
-        await _serve_api(settings, shutdown, banner=_banner(settings), watched=servers)
+        await _serve_api(
+            settings, shutdown, banner=_banner(settings), watched=servers, tracer=providers["api"]
+        )
     finally:
         await _stop_workers(workers, stop)
 
 
-def _start_workers(settings: Settings, stop: asyncio.Event) -> list[asyncio.Task[Any]]:
+def _start_workers(
+    settings: Settings, stop: asyncio.Event, providers: Mapping[str, TracerProvider]
+) -> list[asyncio.Task[Any]]:
     """The relay and the projection workers, beside the API in the same process."""
     from ledger.relay import run_relay
     from projections.worker import run_projections
@@ -198,9 +211,15 @@ def _start_workers(settings: Settings, stop: asyncio.Event) -> list[asyncio.Task
     assert settings.nats_url is not None
     database, nats_url = settings.database_url, settings.nats_url
     return [
-        asyncio.create_task(run_relay(database, nats_url, stop=stop), name="relay"),
         asyncio.create_task(
-            run_projections(database, nats_url, ["all"], stop=stop), name="projections"
+            run_relay(database, nats_url, stop=stop, tracer_provider=providers["relay"]),
+            name="relay",
+        ),
+        asyncio.create_task(
+            run_projections(
+                database, nats_url, ["all"], stop=stop, tracer_provider=providers["projections"]
+            ),
+            name="projections",
         ),
     ]
 
@@ -218,10 +237,11 @@ async def _serve_api(
     shutdown: _Shutdown,
     banner: str | None,
     watched: Sequence[EmbeddedServer],
+    tracer: TracerProvider,
 ) -> None:
     """Serve until a signal or the death of a `watched` server; print `banner` once up."""
     config = uvicorn.Config(
-        create_app(settings),
+        create_app(settings, tracer_provider=tracer),
         host=settings.http_host,
         port=settings.http_port,
         loop="uvloop",

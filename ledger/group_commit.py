@@ -33,17 +33,18 @@ logger = logging.getLogger(__name__)
 
 # One row per event: (request, stream_id, stream_type, version, topic, state, event_id,
 # schema_version, prev_hash, hash, first_of_stream, recorded_at, actor, correlation_id,
-# causation_id). An append is refused when a stream it touches does not have the head it
-# names (its previous event and hash), or already has the version it would write.
+# causation_id, trace_context). An append is refused when a stream it touches does not
+# have the head it names (its previous event and hash), or already has the version it
+# would write.
 _SHARED_APPEND_SQL: Final = """
 WITH input AS (
     SELECT * FROM unnest($1::integer[], $2::uuid[], $3::text[], $4::bigint[], $5::text[],
                          $6::bytea[], $7::uuid[], $8::integer[], $9::bytea[], $10::bytea[],
                          $11::boolean[], $12::timestamptz[], $13::text[], $14::uuid[],
-                         $15::uuid[]) WITH ORDINALITY
+                         $15::uuid[], $16::text[]) WITH ORDINALITY
         AS i (request, stream_id, stream_type, version, topic, state, event_id,
               schema_version, prev_hash, hash, first_of_stream, recorded_at, actor,
-              correlation_id, causation_id, ordinal)
+              correlation_id, causation_id, trace_context, ordinal)
 ),
 refused AS (
     SELECT DISTINCT i.request FROM input i
@@ -58,16 +59,16 @@ refused AS (
 )
 INSERT INTO ledger.events (
     originator_id, stream_type, originator_version, topic, state, event_id, schema_version,
-    prev_hash, hash, recorded_at, actor, correlation_id, causation_id)
+    prev_hash, hash, recorded_at, actor, correlation_id, causation_id, trace_context)
 SELECT i.stream_id, i.stream_type, i.version, i.topic, i.state, i.event_id,
        i.schema_version, i.prev_hash, i.hash, i.recorded_at, i.actor, i.correlation_id,
-       i.causation_id
+       i.causation_id, i.trace_context
 FROM input i
 WHERE NOT EXISTS (SELECT 1 FROM refused r WHERE r.request = i.request)
 ORDER BY i.ordinal
 RETURNING originator_id, originator_version, notification_id, tx, hash"""
 
-_COLUMNS: Final = 15
+_COLUMNS: Final = 16
 
 
 class PendingAppend:

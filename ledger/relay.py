@@ -15,6 +15,12 @@ publishes each event on `<prefix>.<stream_type>.<stream_id>` with Nats-Msg-Id = 
 a bounded number of acks in flight; the published cursor moves only after every ack of a
 batch. NATS being down pauses the publisher alone: numbering and appends go on, and the
 publisher catches up when NATS is back. See docs/adr/0004-relay-and-sequencer.md.
+
+An event appended within a trace (its trace_context column) is published in a span
+`publish <stream>`, a child of that context, and the message's `traceparent` header is
+the publish span's, so the projections' spans continue the same trace; the span ends
+once its window's acks are in. Events without a valid trace context are published
+without a span or a header, as before. See docs/adr/0009-tracing.md.
 """
 
 from __future__ import annotations
@@ -36,8 +42,10 @@ import nats.js.errors
 from nats.aio.client import Client as NatsClient
 from nats.js import JetStreamContext
 from nats.js.api import PubAck, RetentionPolicy, StorageType, StreamConfig
+from opentelemetry import trace
+from opentelemetry.trace import Span, SpanKind, Status, StatusCode, Tracer, TracerProvider
 
-from ledger import sequencer
+from ledger import sequencer, tracing
 from ledger.errors import LedgerError
 from ledger.sequencer import Batch, SequencedEvent
 from ledger.store import RecordedEvent
@@ -126,14 +134,16 @@ def subject_of(prefix: str, event: RecordedEvent) -> str:
 
 
 def trace_headers(event: RecordedEvent) -> dict[str, str]:
-    """The originating request's trace context, as W3C `traceparent`/`tracestate` headers.
+    """The originating request's trace context as a W3C `traceparent` header: the one
+    stored with the event, when it is well formed; none otherwise.
 
-    The hook for tracing: events do not store a traceparent yet. When ledger.events gains
-    the request's trace context (a metadata column written at append), return it here and
-    every message carries it; until then consumers link traces by Ledger-Correlation-Id.
+    The relay replaces it with its publish span's context (a child of this one), so that
+    the consumer's spans hang below the publish; see `publish_span`.
     """
-    del event
-    return {}
+    if tracing.context_of_traceparent(event.trace_context) is None:
+        return {}
+    assert event.trace_context is not None
+    return {tracing.TRACEPARENT: event.trace_context}
 
 
 def headers_of(item: SequencedEvent) -> dict[str, str]:
@@ -150,6 +160,32 @@ def headers_of(item: SequencedEvent) -> dict[str, str]:
         headers["Ledger-Causation-Id"] = str(event.causation_id)
     headers.update(trace_headers(event))
     return headers
+
+
+def publish_span(
+    tracer: Tracer, options: RelayOptions, item: SequencedEvent, headers: dict[str, str]
+) -> Span | None:
+    """Start the publish span of a traced event and put its context in `headers`; None,
+    and `headers` untouched, for an event without a valid trace context."""
+    event = item.event
+    parent = tracing.context_of_traceparent(event.trace_context)
+    if parent is None:
+        return None
+    span = tracer.start_span(
+        f"publish {options.stream_name}",
+        context=parent,
+        kind=SpanKind.PRODUCER,
+        attributes={
+            "messaging.system": "nats",
+            "messaging.operation.type": "send",
+            "messaging.destination.name": subject_of(options.subject_prefix, event),
+            "messaging.message.id": str(event.event_id),
+            "ledger.sequence": item.sequence,
+            "ledger.topic": event.topic,
+        },
+    )
+    headers.update(tracing.headers_of(span))
+    return span
 
 
 def wire_of(item: SequencedEvent) -> bytes:
@@ -196,12 +232,15 @@ class Relay:
         *,
         on_sequenced: Callable[[Batch], None] | None = None,
         on_published: Callable[[int], None] | None = None,
+        tracer_provider: TracerProvider | None = None,
     ) -> None:
         self.database_url = database_url
         self.nats_servers = [url.strip() for url in nats_url.split(",") if url.strip()]
         self.options = RelayOptions() if options is None else options
         self.on_sequenced = on_sequenced
         self.on_published = on_published
+        provider = trace.get_tracer_provider() if tracer_provider is None else tracer_provider
+        self.tracer = provider.get_tracer("ledger.relay")
         self.leading = False
         self._wake = asyncio.Event()  # set by a NOTIFY on WAKE_CHANNEL
         self._sequenced = asyncio.Event()  # set by the sequencer after each batch
@@ -392,6 +431,24 @@ class Relay:
             await self._publish_window(stream, items[start : start + window])
 
     async def _publish_window(self, stream: JetStreamContext, items: list[SequencedEvent]) -> None:
+        """Publish a window, each traced event in a publish span that ends with the window."""
+        messages = [(item, headers_of(item)) for item in items]
+        spans = [publish_span(self.tracer, self.options, *message) for message in messages]
+        try:
+            await self._publish_messages(stream, messages)
+        except PublishError as error:
+            for span in spans:
+                if span is not None:
+                    span.set_status(Status(StatusCode.ERROR, str(error)))
+            raise
+        finally:
+            for span in spans:
+                if span is not None:
+                    span.end()
+
+    async def _publish_messages(
+        self, stream: JetStreamContext, messages: list[tuple[SequencedEvent, dict[str, str]]]
+    ) -> None:
         """Publish at most `in_flight_max` messages and wait, bounded, for every ack.
 
         The window never holds more than the context's in-flight maximum and the previous
@@ -401,18 +458,18 @@ class Relay:
         against 3,400 with a stall timeout, whose wait_for yields at every message).
         """
         options = self.options
-        assert len(items) <= options.in_flight_max
+        assert len(messages) <= options.in_flight_max
         acks: list[asyncio.Future[PubAck]] = []
         try:
             # nats-py 2.16 can leave an ack future unresolved (an error reply it fails to
             # deliver), so the wait is bounded and a missing ack fails the whole batch.
             async with asyncio.timeout(options.ack_timeout_s):
-                for item in items:
+                for item, headers in messages:
                     ack = await stream.publish_async(
                         subject_of(options.subject_prefix, item.event),
                         wire_of(item),
                         stream=options.stream_name,
-                        headers=headers_of(item),
+                        headers=headers,
                     )
                     acks.append(ack)
                 await asyncio.wait(acks)
@@ -420,9 +477,9 @@ class Relay:
                 ack.result()
         except TimeoutError as error:
             _stop_if_cancelled()
-            missing = sum(not ack.done() for ack in acks) + len(items) - len(acks)
+            missing = sum(not ack.done() for ack in acks) + len(messages) - len(acks)
             raise PublishError(
-                f"{missing} of {len(items)} acks missing after {options.ack_timeout_s} s"
+                f"{missing} of {len(messages)} acks missing after {options.ack_timeout_s} s"
             ) from error
         except (nats.errors.Error, OSError) as error:
             _stop_if_cancelled()
@@ -533,7 +590,8 @@ async def run_relay(
     stream_name: str = "LEDGER",
     subject_prefix: str = "ledger",
     stop: asyncio.Event | None = None,
+    tracer_provider: TracerProvider | None = None,
 ) -> None:
     """`ledger relay`: lead or stand by until `stop` is set (or the task is cancelled)."""
     options = RelayOptions(stream_name=stream_name, subject_prefix=subject_prefix)
-    await Relay(database_url, nats_url, options).run(stop)
+    await Relay(database_url, nats_url, options, tracer_provider=tracer_provider).run(stop)

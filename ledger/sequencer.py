@@ -224,7 +224,7 @@ SELECT s.sequence, s.tx AS sequence_tx, s.global_hash,
        e.notification_id AS position, e.tx, e.event_id, e.originator_id AS stream_id,
        e.stream_type, e.originator_version AS version, e.topic, e.schema_version,
        e.recorded_at, e.actor, e.correlation_id, e.causation_id, e.idempotency_key,
-       e.state AS data, e.prev_hash, e.hash
+       e.state AS data, e.prev_hash, e.hash, e.trace_context
 FROM ledger.sequence s JOIN ledger.events e ON e.notification_id = s.position
 WHERE s.sequence > $1 AND s.sequence <= $2
 ORDER BY s.sequence LIMIT $3"""
@@ -259,6 +259,7 @@ def _sequenced(row: asyncpg.Record) -> SequencedEvent:
         data=bytes(row["data"]),
         prev_hash=bytes(row["prev_hash"]),
         hash=bytes(row["hash"]),
+        trace_context=row["trace_context"],
     )
     return SequencedEvent(row["sequence"], row["sequence_tx"], bytes(row["global_hash"]), event)
 

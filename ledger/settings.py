@@ -7,6 +7,7 @@ rather than surfacing later as a confusing connection or bind error.
 from __future__ import annotations
 
 import os
+import re
 import secrets
 from collections.abc import Mapping
 from pathlib import Path
@@ -19,6 +20,9 @@ LOG_LEVELS: Final = ("critical", "error", "warning", "info", "debug")
 LOG_FORMATS: Final = ("json", "text")
 DATABASE_SCHEMES: Final = ("postgresql", "postgres")
 NATS_SCHEMES: Final = ("nats", "tls", "ws", "wss")
+OTLP_SCHEMES: Final = ("http", "https")
+# An OpenTelemetry service name prefix: each process adds its component (ledger-api, ...).
+_SERVICE_NAME: Final = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
 # HS256 keys shorter than the hash output weaken it; PyJWT warns below 32 bytes too.
 JWT_SECRET_LENGTH_MIN: Final = 32
 # argon2 needs 8 KiB per lane at least; the parallelism setting is checked against it.
@@ -57,6 +61,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     argon2_time_cost: int = 3
     argon2_memory_kib: int = 65536
     argon2_parallelism: int = 4
+    service_name: str = "ledger"
+    otlp_endpoint: str | None = None
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -98,6 +104,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
             argon2_parallelism=_integer(
                 env, "LEDGER_ARGON2_PARALLELISM", defaults.argon2_parallelism, 1
             ),
+            service_name=_service_name(env, "LEDGER_SERVICE_NAME", defaults.service_name),
+            otlp_endpoint=_otlp_endpoint(env, "LEDGER_OTLP_ENDPOINT"),
         )
 
     def __post_init__(self) -> None:
@@ -200,3 +208,24 @@ def _seconds(env: Mapping[str, str], name: str, default: float, minimum: float) 
             f"{name} must be a number of seconds from {minimum:g} to {SECONDS_MAX:g}, got {value!r}"
         )
     return seconds
+
+
+def _service_name(env: Mapping[str, str], name: str, default: str) -> str:
+    value = env.get(name, default).strip()
+    if not _SERVICE_NAME.match(value):
+        raise SettingsError(f"{name} must be 1-63 of [A-Za-z0-9._-], got {value!r}")
+    return value
+
+
+def _otlp_endpoint(env: Mapping[str, str], name: str) -> str | None:
+    """The OTLP/HTTP collector's base URL, as in OTEL_EXPORTER_OTLP_ENDPOINT."""
+    value = env.get(name)
+    if value is None:
+        return None
+    value = value.strip()
+    parts = urlsplit(value)
+    if parts.scheme not in OTLP_SCHEMES or not parts.netloc:
+        raise SettingsError(
+            f"{name} must be a URL starting with http:// or https://, got {value!r}"
+        )
+    return value

@@ -94,6 +94,8 @@ class RecordedEvent(msgspec.Struct, frozen=True, kw_only=True):
     data: bytes
     prev_hash: bytes
     hash: bytes
+    # The W3C traceparent of the request that appended it (migration 0005); not chained.
+    trace_context: str | None = None
 
     @property
     def checkpoint(self) -> Checkpoint:
@@ -134,7 +136,7 @@ class AppendResult(msgspec.Struct, frozen=True):
 _EVENT_COLUMNS: Final = (
     "notification_id AS position, tx, event_id, originator_id AS stream_id, stream_type, "
     "originator_version AS version, topic, schema_version, recorded_at, actor, "
-    "correlation_id, causation_id, idempotency_key, state AS data, prev_hash, hash"
+    "correlation_id, causation_id, idempotency_key, state AS data, prev_hash, hash, trace_context"
 )
 
 _INPUT_CTE: Final = """
@@ -156,9 +158,10 @@ stale AS (
 _INSERT: Final = """
 INSERT INTO ledger.events (
     originator_id, stream_type, originator_version, topic, state, event_id, schema_version,
-    prev_hash, hash, recorded_at, actor, correlation_id, causation_id, idempotency_key)
+    prev_hash, hash, recorded_at, actor, correlation_id, causation_id, idempotency_key,
+    trace_context)
 SELECT i.stream_id, i.stream_type, i.version, i.topic, i.state, i.event_id, i.schema_version,
-       i.prev_hash, i.hash, $11, $12, $13, $14, $15
+       i.prev_hash, i.hash, $11, $12, $13, $14, $15, $16
 FROM input i"""
 
 _RETURNING: Final = " RETURNING originator_id, originator_version, notification_id, tx, hash"
@@ -173,7 +176,7 @@ _APPEND_WITH_KEY_SQL: Final = f"""
 WITH {_INPUT_CTE},
 claimed AS (
     INSERT INTO ledger.idempotency_keys (key, fingerprint, recorded_at)
-    SELECT $15, $16, $11 WHERE NOT EXISTS (SELECT 1 FROM stale)
+    SELECT $15, $17, $11 WHERE NOT EXISTS (SELECT 1 FROM stale)
     ON CONFLICT (key) DO NOTHING
     RETURNING key
 )
@@ -184,8 +187,8 @@ claimed AS (
 _APPEND_ONE_SQL: Final = """
 INSERT INTO ledger.events (
     originator_id, stream_type, originator_version, topic, state, event_id, schema_version,
-    prev_hash, hash, recorded_at, actor, correlation_id, causation_id)
-SELECT $1::uuid, $2, $3::bigint, $4, $5, $6, $7, $8::bytea, $9, $10, $11, $12, $13
+    prev_hash, hash, recorded_at, actor, correlation_id, causation_id, trace_context)
+SELECT $1::uuid, $2, $3::bigint, $4, $5, $6, $7, $8::bytea, $9, $10, $11, $12, $13, $14
 WHERE $3::bigint = 1 OR EXISTS (
     SELECT 1 FROM ledger.events p
     WHERE p.originator_id = $1::uuid AND p.originator_version = $3::bigint - 1
@@ -259,6 +262,7 @@ def _record(row: asyncpg.Record) -> RecordedEvent:
         data=bytes(row["data"]),
         prev_hash=bytes(row["prev_hash"]),
         hash=bytes(row["hash"]),
+        trace_context=row["trace_context"],
     )
 
 
@@ -288,6 +292,7 @@ class EventStore:
         idempotency_key: str | None = None,
         fingerprint: bytes | None = None,
         connection: asyncpg.Connection | None = None,
+        trace_context: str | None = None,
     ) -> AppendResult:
         """Append events to one or more streams in one transaction.
 
@@ -295,6 +300,7 @@ class EventStore:
         StreamHead, or a version alone (0 for a new stream). All or nothing: any
         conflict appends no event. On its own the append is one statement and so its
         own transaction; given a connection inside a transaction, it joins that one.
+        `trace_context` (a W3C traceparent) is stored on every event, outside the chain.
         """
         executor = self.pool if connection is None else connection
         heads = await self._heads(executor, events, expected)
@@ -303,16 +309,18 @@ class EventStore:
         columns = _columns(events, heads, metadata)
         arguments: list[Any]
         if idempotency_key is not None:
-            sql, arguments = _APPEND_WITH_KEY_SQL, [*columns, *metadata, fingerprint]
+            sql, arguments = _APPEND_WITH_KEY_SQL, [*columns, *metadata, trace_context, fingerprint]
         elif len(events) == 1:
             # One event is the first of its stream's batch: no $10 column.
             sql, arguments = _APPEND_ONE_SQL, [column[0] for column in columns[:9]]
-            arguments += metadata[:4]
+            arguments += [*metadata[:4], trace_context]
         else:
-            sql, arguments = _APPEND_SQL, [*columns, *metadata]
+            sql, arguments = _APPEND_SQL, [*columns, *metadata, trace_context]
         try:
             if self._group is not None and connection is None and idempotency_key is None:
-                pending = PendingAppend(sql, arguments, _rows(columns, metadata), set(heads))
+                pending = PendingAppend(
+                    sql, arguments, _rows(columns, metadata, trace_context), set(heads)
+                )
                 rows = await self._group.run(pending)
             else:
                 rows = await executor.fetch(sql, *arguments)
@@ -535,11 +543,13 @@ def _columns(
     return columns
 
 
-def _rows(columns: list[list[Any]], metadata: list[Any]) -> list[tuple[Any, ...]]:
+def _rows(
+    columns: list[list[Any]], metadata: list[Any], trace_context: str | None
+) -> list[tuple[Any, ...]]:
     """Per event, the columns of a shared append statement (ledger/group_commit.py)."""
     recorded_at, actor, correlation_id, causation_id, _ = metadata
     return [
-        (*event, recorded_at, actor, correlation_id, causation_id)
+        (*event, recorded_at, actor, correlation_id, causation_id, trace_context)
         for event in zip(*columns, strict=True)
     ]
 

@@ -16,6 +16,14 @@ checkpoint row gets failing = true, last_error and parked_sequence, the events b
 stay applied and acked, it and the rest are not acked, and the projection stops (the
 others go on). Nothing is skipped. A restart tries the parked event again; once it
 applies, the failing flag is cleared with the checkpoint.
+
+Tracing: a batch is one transaction, but may hold events of many traces (one per command
+that appended them). For each trace among the events this projection handles, the batch
+gets a span `apply <projection>`: a child of the message's `traceparent` (the relay's
+publish span), with links to that trace's other messages in the batch. A trace's spans
+then end with the update of each read model it reached; a batch of n traces has n such
+spans over the same transaction (`ledger.batch.traces` says so). Messages without a
+valid traceparent get no span. See docs/adr/0009-tracing.md.
 """
 
 from __future__ import annotations
@@ -33,7 +41,12 @@ import nats.errors
 from nats.aio.client import Client as NatsClient
 from nats.aio.msg import Msg
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
+from opentelemetry import trace
+from opentelemetry.context import Context
+from opentelemetry.trace import Link, Span, SpanKind, Status, StatusCode, Tracer, TracerProvider
+from opentelemetry.util.types import AttributeValue
 
+from ledger import tracing
 from projections import source
 from projections.base import STATEMENT_TIMEOUT_S, LoggedEvent, Projection
 from projections.engine import Applied, SequenceGapError, apply_batch
@@ -98,8 +111,11 @@ async def run_projections(
     stream_name: str = "LEDGER",
     stop: asyncio.Event | None = None,
     options: WorkerOptions | None = None,
+    tracer_provider: TracerProvider | None = None,
 ) -> list[Parked]:
-    """Run the projections named until `stop` is set; return those parked on a poison event."""
+    """Run the projections named until `stop` is set; return those parked on a poison event.
+
+    Spans go to `tracer_provider` (else to the global provider, a no-op unless set)."""
     options = msgspec.structs.replace(options or WorkerOptions(), stream_name=stream_name)
     stop = asyncio.Event() if stop is None else stop
     projections = select(names)
@@ -113,7 +129,9 @@ async def run_projections(
     pool = await asyncpg.create_pool(
         database_url, min_size=1, max_size=len(projections) + 1, timeout=options.connect_timeout_s
     )
-    runners = [Runner(projection, pool, client, options) for projection in projections]
+    provider = trace.get_tracer_provider() if tracer_provider is None else tracer_provider
+    tracer = provider.get_tracer("projections.worker")
+    runners = [Runner(projection, pool, client, options, tracer) for projection in projections]
     tasks = [asyncio.create_task(runner.run(stop), name=runner.name) for runner in runners]
     stopping: asyncio.Future[Any] = asyncio.ensure_future(stop.wait())
     everything: asyncio.Future[Any] = asyncio.gather(*tasks)
@@ -138,10 +156,17 @@ class Runner:
     """One projection's consumer loop."""
 
     def __init__(
-        self, projection: Projection, pool: asyncpg.Pool, client: NatsClient, options: WorkerOptions
+        self,
+        projection: Projection,
+        pool: asyncpg.Pool,
+        client: NatsClient,
+        options: WorkerOptions,
+        tracer: Tracer | None = None,
     ) -> None:
         self.projection = projection
+        self.tracer = trace.get_tracer(__name__) if tracer is None else tracer
         self.name = f"projection-{projection.name}"
+        self.durable = f"{options.consumer_prefix}-{projection.name}"
         self.pool = pool
         self.client = client
         self.options = options
@@ -182,7 +207,7 @@ class Runner:
 
     async def _consume(self, connection: asyncpg.Connection, stop: asyncio.Event) -> None:
         options = self.options
-        durable = f"{options.consumer_prefix}-{self.projection.name}"
+        durable = self.durable
         stream = self.client.jetstream(timeout=options.connect_timeout_s)
         subscription = await stream.pull_subscribe(
             f"{options.subject_prefix}.>",
@@ -219,10 +244,56 @@ class Runner:
                 # Unreadable: cannot even be ordered; applied past it would skip it.
                 await self._park(connection, _header_sequence(message), repr(error))
                 return
-        applied = await self._apply_isolating(connection, events)
+        spans = self._apply_spans(messages, events)
+        try:
+            applied = await self._apply_isolating(connection, events)
+        except BaseException as error:
+            _end_failed(spans, error)
+            raise
+        _end_applied(spans, applied)
         for message, event in zip(messages, events, strict=True):
             if event.sequence <= applied:
                 await message.ack()
+
+    def _apply_spans(
+        self, messages: Sequence[Msg], events: Sequence[LoggedEvent]
+    ) -> list[tuple[Span, int]]:
+        """Start an apply span per trace among the events this projection handles; each
+        with the last sequence of its trace in the batch."""
+        topics = self.projection.topics
+        traces: dict[int, list[tuple[Context, LoggedEvent]]] = {}
+        for message, event in zip(messages, events, strict=True):
+            if event.topic not in topics:
+                continue
+            parent = tracing.context_of(message.headers)
+            if parent is not None:
+                trace_id = tracing.span_context_of(parent).trace_id
+                traces.setdefault(trace_id, []).append((parent, event))
+        attributes: dict[str, AttributeValue] = {
+            "messaging.system": "nats",
+            "messaging.operation.type": "process",
+            "messaging.consumer.group.name": self.durable,
+            "messaging.batch.message_count": len(messages),
+            "ledger.projection": self.projection.name,
+            "ledger.batch.traces": len(traces),
+        }
+        spans: list[tuple[Span, int]] = []
+        for traced in traces.values():
+            sequences = [event.sequence for _, event in traced]
+            span = self.tracer.start_span(
+                f"apply {self.projection.name}",
+                context=traced[0][0],
+                kind=SpanKind.CONSUMER,
+                links=[Link(tracing.span_context_of(context)) for context, _ in traced[1:]],
+                attributes={
+                    **attributes,
+                    "ledger.events": len(traced),
+                    "ledger.sequence.first": sequences[0],
+                    "ledger.sequence.last": sequences[-1],
+                },
+            )
+            spans.append((span, max(sequences)))
+        return spans
 
     async def _apply_isolating(
         self, connection: asyncpg.Connection, events: list[LoggedEvent]
@@ -278,6 +349,23 @@ class Runner:
             sequence if sequence >= 1 else None,
             timeout=STATEMENT_TIMEOUT_S,
         )
+
+
+def _end_applied(spans: Sequence[tuple[Span, int]], checkpoint: int) -> None:
+    """End apply spans after their batch; one whose events were not all applied (the
+    projection parked before its last) failed."""
+    for span, last in spans:
+        span.set_attribute("ledger.checkpoint", checkpoint)
+        if last > checkpoint:
+            span.set_status(Status(StatusCode.ERROR, f"not applied past sequence {checkpoint}"))
+        span.end()
+
+
+def _end_failed(spans: Sequence[tuple[Span, int]], error: BaseException) -> None:
+    for span, _ in spans:
+        span.record_exception(error)
+        span.set_status(Status(StatusCode.ERROR, f"{type(error).__name__}: {error}"))
+        span.end()
 
 
 def _header_sequence(message: Msg) -> int:

@@ -34,6 +34,10 @@ async def append_all(
     )
 
 
+def traceparent(stream: UUID) -> str:
+    return f"00-{stream.hex}-{stream.hex[:16]}-01"
+
+
 def transactions(results: Sequence[AppendResult | BaseException]) -> set[int]:
     appended = [result for result in results if isinstance(result, AppendResult)]
     return {event.tx for result in appended for event in result.events}
@@ -43,8 +47,17 @@ async def test_queued_appends_share_one_transaction_and_each_gets_its_own_events
     shared: EventStore,
 ) -> None:
     streams = [uuid4() for _ in range(12)]
-    appends = [([noted(stream, 1), noted(stream, 2)], {stream: 0}) for stream in streams]
-    results = await append_all(shared, appends)
+    results = await asyncio.gather(
+        *(
+            shared.append(
+                [noted(stream, 1), noted(stream, 2)],
+                {stream: 0},
+                actor="tester",
+                trace_context=traceparent(stream),
+            )
+            for stream in streams
+        )
+    )
     assert all(isinstance(result, AppendResult) for result in results)
     # The first went alone, the eleven others together.
     assert len(transactions(results)) == 2
@@ -57,6 +70,7 @@ async def test_queued_appends_share_one_transaction_and_each_gets_its_own_events
         stored = await shared.read_stream(stream)
         assert [event.hash for event in stored] == [event.hash for event in result.events]
         assert [event.actor for event in stored] == ["tester", "tester"]
+        assert [event.trace_context for event in stored] == [traceparent(stream)] * 2
         assert stored[0].position < stored[1].position
         assert (await verify_stream(shared, stream)).ok
 
