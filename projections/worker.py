@@ -38,6 +38,7 @@ import asyncpg
 import msgspec
 import nats
 import nats.errors
+import nats.js.errors
 from nats.aio.client import Client as NatsClient
 from nats.aio.msg import Msg
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
@@ -209,18 +210,24 @@ class Runner:
         options = self.options
         durable = self.durable
         stream = self.client.jetstream(timeout=options.connect_timeout_s)
-        subscription = await stream.pull_subscribe(
-            f"{options.subject_prefix}.>",
-            durable=durable,
-            stream=options.stream_name,
-            config=ConsumerConfig(
-                durable_name=durable,
-                ack_policy=AckPolicy.EXPLICIT,
-                deliver_policy=DeliverPolicy.ALL,
-                ack_wait=options.ack_wait_s,
-                max_ack_pending=options.max_ack_pending,
-            ),
-        )
+        try:
+            subscription = await stream.pull_subscribe(
+                f"{options.subject_prefix}.>",
+                durable=durable,
+                stream=options.stream_name,
+                config=ConsumerConfig(
+                    durable_name=durable,
+                    ack_policy=AckPolicy.EXPLICIT,
+                    deliver_policy=DeliverPolicy.ALL,
+                    ack_wait=options.ack_wait_s,
+                    max_ack_pending=options.max_ack_pending,
+                ),
+            )
+        except nats.js.errors.NotFoundError:
+            # The relay creates the stream; a worker started first waits for it.
+            log.info("%s: stream %s not found yet; waiting", self.name, options.stream_name)
+            await _wait(stop, options.standby_retry_s)
+            return
         try:
             while not stop.is_set() and self.parked is None:
                 try:

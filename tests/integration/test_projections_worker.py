@@ -201,3 +201,29 @@ async def test_a_poison_event_parks_its_projection_and_shows_in_lag(
     running.start_workers(nats_url, count=1)
     await running.caught_up()
     assert ready(await lag(running.pool, PROJECTIONS))
+
+
+async def test_workers_started_before_the_relay_wait_for_its_stream(
+    databases: Any, nats_url: str, stream_prefix: str
+) -> None:
+    url = await databases.create(f"workers_{next(_numbers)}")
+    pool = await asyncpg.create_pool(url, min_size=1, max_size=8)
+    stream = f"{stream_prefix}_PROJ{next(_numbers)}"
+    early = Running(url, pool, stream)
+    try:
+        (worker,) = early.start_workers(nats_url, count=1)
+        await Scenario(EventStore(pool), seed=41).run(40)
+        # The workers have looked for the stream before it exists, and are still running.
+        await asyncio.sleep(3 * early.options().standby_retry_s)
+        assert not worker.done()
+        early.tasks.append(asyncio.create_task(relay_runner(url, nats_url, stream)(early.stop)))
+        await early.caught_up()
+        await assert_equal_to_the_fold(pool)
+    finally:
+        early.stop.set()
+        await asyncio.wait_for(asyncio.gather(*early.tasks, return_exceptions=True), timeout=30)
+        await pool.close()
+        client = await nats.connect(nats_url)
+        with contextlib.suppress(Exception):
+            await client.jetstream().delete_stream(stream)
+        await client.close()
