@@ -24,7 +24,7 @@ import uvloop
 from eventsourcing.persistence import StoredEvent
 from eventsourcing.postgres import PostgresApplicationRecorder, PostgresDatastore
 
-from benchmarks.common import database_server, median, report, scratch_database
+from benchmarks.common import CpuMeter, database_server, median, report, scratch_database
 from ledger.store import NEW_STREAM, EventStore, NewEvent, StreamHead, encode
 
 
@@ -75,6 +75,7 @@ class Writers:
 
     def __init__(self, writers: int, size: int, seconds: float) -> None:
         self.writers, self.size, self.seconds = writers, size, seconds
+        self.events = 0
 
     async def run(self, append: Callable[[UUID, int], Any]) -> float:
         deadline = time.perf_counter() + self.seconds
@@ -89,7 +90,8 @@ class Writers:
 
         started = time.perf_counter()
         await asyncio.gather(*(loop(index) for index in range(self.writers)))
-        return sum(counts) / (time.perf_counter() - started)
+        self.events = sum(counts)
+        return self.events / (time.perf_counter() - started)
 
 
 def store_append(store: EventStore, size: int) -> Callable[[UUID, int], Any]:
@@ -201,17 +203,24 @@ async def measure(url: str, arguments: argparse.Namespace) -> None:
     recorder = eventsourcing_recorder(url, writers)
     executor = concurrent.futures.ThreadPoolExecutor(max_workers=writers)
     figures: dict[str, list[float]] = {}
+    meter = CpuMeter(pool)
+
+    async def timed(name: str, size: int, append: Callable[[UUID, int], Any]) -> None:
+        writers_run = Writers(writers, size, seconds)
+        before = await meter.sample()
+        figures.setdefault(f"{name} {size}", []).append(await writers_run.run(append))
+        used = CpuMeter.between(before, await meter.sample())
+        if used is not None and writers_run.events:
+            figures.setdefault(f"cpu {name} {size}", []).append(1e6 * used / writers_run.events)
+
     print(f"append benchmark: {writers} writers, {arguments.rounds} rounds of {seconds}s each")
     try:
         for _ in range(arguments.rounds):
             for size in (1, 100):
-                run = Writers(writers, size, seconds).run
-                figures.setdefault(f"store {size}", []).append(await run(store_append(store, size)))
-                figures.setdefault(f"alone {size}", []).append(await run(store_append(alone, size)))
-                figures.setdefault(f"insert {size}", []).append(await run(bare_insert(pool, size)))
-                figures.setdefault(f"eventsourcing {size}", []).append(
-                    await run(eventsourcing_append(recorder, executor, size))
-                )
+                await timed("store", size, store_append(store, size))
+                await timed("alone", size, store_append(alone, size))
+                await timed("insert", size, bare_insert(pool, size))
+                await timed("eventsourcing", size, eventsourcing_append(recorder, executor, size))
         for _ in range(arguments.rounds):
             follow, scan = await follow_rates(store, pool)
             figures.setdefault("follow", []).append(follow)
@@ -243,6 +252,11 @@ def print_figures(figures: dict[str, list[float]]) -> None:
             f"  store/insert={ratio:.2f}  store/eventsourcing={versus:.2f}  "
             f"(without group commit: store/insert={alone:.2f})"
         )
+        if f"cpu store {size}" in figures:
+            used = {name: median(figures[f"cpu {name} {size}"]) for name in LABELS}
+            shown = "  ".join(f"{name}={value:,.0f}" for name, value in used.items())
+            print(f"  CPU us/event (client + server backends): {shown}")
+            print(f"  insert/store CPU={used['insert'] / used['store']:.2f}")
     print("following the whole log:")
     report("committed-order follow", figures["follow"])
     report("bare keyset scan", figures["scan"])

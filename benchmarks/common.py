@@ -71,6 +71,44 @@ async def rate(count: int, run: Callable[[], Awaitable[None]]) -> float:
     return count / (time.perf_counter() - started)
 
 
+class CpuMeter:
+    """CPU seconds used by this process plus the database's client backends (Linux /proc;
+    the server must run on this machine). Wall-clock rates on a shared machine swing with
+    its other load; CPU per event is what a saturated machine's rate is made of, and it
+    holds still. Returns None where /proc of the backends is not readable."""
+
+    def __init__(self, pool: asyncpg.Pool) -> None:
+        self.pool = pool
+        self._ticks_s = 1.0 / os.sysconf("SC_CLK_TCK")
+
+    async def sample(self) -> dict[int, float]:
+        pids = await self.pool.fetch(
+            "SELECT pid FROM pg_stat_activity "
+            "WHERE datname = current_database() AND backend_type = 'client backend'"
+        )
+        used = {0: time.process_time()}
+        for (pid,) in pids:
+            ticks = _cpu_ticks(pid)
+            if ticks is not None:
+                used[pid] = ticks * self._ticks_s
+        return used
+
+    @staticmethod
+    def between(before: dict[int, float], after: dict[int, float]) -> float | None:
+        if len(after) == 1:
+            return None
+        return sum(seconds - before.get(pid, 0.0) for pid, seconds in after.items())
+
+
+def _cpu_ticks(pid: int) -> int | None:
+    """User plus system clock ticks of a process so far; None if it is gone."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    return int(fields[11]) + int(fields[12])
+
+
 def median(values: list[float]) -> float:
     return statistics.median(values)
 

@@ -35,6 +35,9 @@ EVENT_SIZE_BYTES_MAX: Final = 256 * 1024
 APPEND_EVENTS_MAX: Final = 1_000
 READ_BATCH_MAX: Final = 10_000
 STREAM_READ_BATCH: Final = 1_000
+# Appends of more events than this never share a statement: their own is already a
+# batch, and sharing measured more CPU per event (docs/adr/0012-group-commit.md).
+GROUP_EVENTS_MAX: Final = 10
 
 
 _encoder = msgspec.json.Encoder(decimal_format="string")
@@ -317,7 +320,12 @@ class EventStore:
         else:
             sql, arguments = _APPEND_SQL, [*columns, *metadata, trace_context]
         try:
-            if self._group is not None and connection is None and idempotency_key is None:
+            if (
+                self._group is not None
+                and connection is None
+                and idempotency_key is None
+                and len(events) <= GROUP_EVENTS_MAX
+            ):
                 pending = PendingAppend(
                     sql, arguments, _rows(columns, metadata, trace_context), set(heads)
                 )

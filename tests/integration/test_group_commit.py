@@ -15,7 +15,14 @@ import asyncpg
 import pytest
 
 from ledger.errors import ConcurrencyError, DuplicateEventError
-from ledger.store import AppendResult, EventStore, NewEvent, StreamHead, verify_stream
+from ledger.store import (
+    GROUP_EVENTS_MAX,
+    AppendResult,
+    EventStore,
+    NewEvent,
+    StreamHead,
+    verify_stream,
+)
 from tests.integration.events import noted
 
 
@@ -163,3 +170,12 @@ async def test_many_writers_on_many_streams_lose_nothing(pool: asyncpg.Pool) -> 
         events = await store.read_stream(stream)
         assert [event.version for event in events] == list(range(1, 16))
         assert (await verify_stream(store, stream)).ok
+
+
+async def test_large_appends_never_share_a_statement(shared: EventStore) -> None:
+    streams = [uuid4() for _ in range(4)]
+    size = GROUP_EVENTS_MAX + 1
+    results = await append_all(
+        shared, [([noted(stream, n) for n in range(size)], {stream: 0}) for stream in streams]
+    )
+    assert len(transactions(results)) == len(streams)
