@@ -28,6 +28,8 @@ from nats.aio.client import Client as NatsClient
 from api import accounts, auth, events, instruments, orders, signals, strategies, users
 from api.errors import internal_error, problem_details_plugin
 from api.passwords import Passwords
+from api.queries import lifespan as queries_lifespan
+from api.queries import route_handlers as query_route_handlers
 from api.registration import Registrar
 from api.request_id import echo_request_id
 from api.security import openapi_components
@@ -50,6 +52,9 @@ OPENAPI_TAGS: Final = (
     Tag(name="signals", description="Strategy signals (trader)."),
     Tag(name="orders", description="Orders (trader) and their fills (execution)."),
     Tag(name="audit", description="The raw event log (auditor, analyst)."),
+    Tag(name="trades", description="Trades, one per fill (read model)."),
+    Tag(name="positions", description="Positions per account and instrument (read model)."),
+    Tag(name="pnl", description="Daily P&L per account (read model)."),
     Tag(name="ops", description="Liveness and readiness."),
 )
 
@@ -145,8 +150,10 @@ def create_app(settings: Settings) -> Litestar:
             signals.router,
             orders.router,
             events.router,
+            # After the routers: GET /api/v1/orders joins their POST route (api/queries).
+            *query_route_handlers,
         ],
-        lifespan=[lifespan],
+        lifespan=[lifespan, queries_lifespan],
         state=State({"settings": settings}),
         openapi_config=OpenAPIConfig(
             title="Ledger",

@@ -21,6 +21,7 @@ NATS_SCHEMES: Final = ("nats", "tls", "ws", "wss")
 # HS256 keys shorter than the hash output weaken it; PyJWT warns below 32 bytes too.
 JWT_SECRET_LENGTH_MIN: Final = 32
 JWT_SECRET_FILE: Final = "jwt_secret"  # noqa: S105 (a file name, not a secret)
+CONSISTENCY_WAIT_S_MAX: Final = 30.0
 
 
 class SettingsError(ValueError):
@@ -35,6 +36,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     data_dir: Path = Path(".ledger")
     jwt_secret: str | None = None
     log_level: str = "info"
+    # How long a query with consistent_with= waits for its projection (api/queries/waiting.py).
+    consistency_wait_s: float = 2.0
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -53,6 +56,9 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
             data_dir=Path(env.get("LEDGER_DATA_DIR", str(defaults.data_dir))).expanduser(),
             jwt_secret=_jwt_secret(env, "LEDGER_JWT_SECRET"),
             log_level=_log_level(env, "LEDGER_LOG_LEVEL", defaults.log_level),
+            consistency_wait_s=_consistency_wait_s(
+                env, "LEDGER_CONSISTENCY_WAIT_S", defaults.consistency_wait_s
+            ),
         )
 
     def with_dev_jwt_secret(self) -> Settings:
@@ -116,3 +122,18 @@ def _log_level(env: Mapping[str, str], name: str, default: str) -> str:
     if value not in LOG_LEVELS:
         raise SettingsError(f"{name} must be one of {', '.join(LOG_LEVELS)}, got {value!r}")
     return value
+
+
+def _consistency_wait_s(env: Mapping[str, str], name: str, default: float) -> float:
+    value = env.get(name)
+    if value is None:
+        return default
+    try:
+        seconds = float(value)
+    except ValueError:
+        seconds = -1.0
+    if not 0 < seconds <= CONSISTENCY_WAIT_S_MAX:  # also refuses nan
+        raise SettingsError(
+            f"{name} must be a number of seconds in (0, {CONSISTENCY_WAIT_S_MAX:g}], got {value!r}"
+        )
+    return seconds

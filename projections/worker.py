@@ -37,6 +37,7 @@ from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from projections import source
 from projections.base import STATEMENT_TIMEOUT_S, LoggedEvent, Projection
 from projections.engine import Applied, SequenceGapError, apply_batch
+from projections.notify import notify_projected
 from projections.registry import select
 
 WORKER_LOCK_CLASS: Final = 0x1ED6E8
@@ -146,6 +147,7 @@ class Runner:
         self.client = client
         self.options = options
         self.parked: Parked | None = None
+        self.notified = 0  # the last checkpoint announced on projections.notify.CHANNEL
 
     async def run(self, stop: asyncio.Event) -> None:
         failures = 0
@@ -223,6 +225,9 @@ class Runner:
         for message, event in zip(messages, events, strict=True):
             if event.sequence <= applied:
                 await message.ack()
+        if applied > self.notified:  # committed: wake the API's read-your-writes waiters
+            await notify_projected(connection, self.projection.name, applied)
+            self.notified = applied
 
     async def _apply_isolating(
         self, connection: asyncpg.Connection, events: list[LoggedEvent]
