@@ -204,7 +204,10 @@ class Runner:
                     messages = await subscription.fetch(
                         options.fetch_batch, timeout=options.fetch_timeout_s
                     )
-                except nats.errors.TimeoutError:
+                # An idle fetch: nats-py raises its own TimeoutError or asyncio's (both are
+                # TimeoutError). Left to run(), it was a "failure" that grew the backoff to
+                # backoff_max_s while idle, delaying the next event by seconds.
+                except TimeoutError:
                     continue
                 await self._handle(connection, messages)
         finally:

@@ -3,23 +3,25 @@
 from __future__ import annotations
 
 from datetime import date
-from typing import Annotated, Final
+from typing import Final
 from uuid import UUID
 
 import asyncpg
 from litestar import get
-from litestar.params import FromPath, FromQuery, QueryParameter
+from litestar.params import FromPath, FromQuery
 
 from api.queries.paging import (
     PAGE_LIMIT_DEFAULT,
     Cursor,
+    FromDay,
     Keyset,
     Limit,
     Order,
     Select,
     SortOrder,
+    ToDay,
+    day_range,
     decode_cursor,
-    invalid,
     next_cursor,
 )
 from api.queries.reading import OWN_ACCOUNTS, READERS, Reader, not_found, query
@@ -30,12 +32,6 @@ _SELECT: Final = (
     "SELECT account_id, day, realised_pnl, fees, net_pnl, trade_count, bought_notional, "
     "sold_notional FROM read.daily_pnl"
 )
-FromDay = Annotated[
-    date | None, QueryParameter(name="from", description="First day, inclusive (YYYY-MM-DD, UTC).")
-]
-ToDay = Annotated[
-    date | None, QueryParameter(name="to", description="Last day, exclusive (YYYY-MM-DD, UTC).")
-]
 
 
 def _view(row: asyncpg.Record) -> DailyPnlView:
@@ -72,15 +68,14 @@ async def list_daily_pnl(
     from_: FromDay = None,
     to: ToDay = None,
 ) -> DailyPnlPage:
-    if from_ is not None and to is not None and from_ >= to:
-        raise invalid("to", "VALIDATION_ERROR", "`to` must be later than `from`")
+    start, end = day_range(from_, to)
     after = decode_cursor(KEYSET, order, cursor)
     select = (
         Select(_SELECT)
         .where_given(OWN_ACCOUNTS, reader.owner)
         .where_given("account_id = {}", account_id)
-        .where_given("day >= {}", from_)
-        .where_given("day < {}", to)
+        .where_given("day >= {}", start)
+        .where_given("day < {}", end)
     )
     rows = await reader.rows(select.page(KEYSET, order, after, limit))
     return DailyPnlPage(

@@ -20,9 +20,9 @@ from api.queries.paging import (
     Select,
     SortOrder,
     To,
-    check_time_range,
     decode_cursor,
     next_cursor,
+    time_range,
 )
 from api.queries.reading import OWN_ACCOUNTS, READERS, Reader, instrument_of, not_found, query
 from api.queries.schemas import (
@@ -119,7 +119,7 @@ async def list_orders(
     from_: From = None,
     to: To = None,
 ) -> OrderPage:
-    check_time_range(from_, to)
+    start, end = time_range(from_, to)
     after = decode_cursor(KEYSET, order, cursor)
     select = (
         Select(_SELECT)
@@ -130,8 +130,8 @@ async def list_orders(
         .where_given("status = {}", None if status is None else status.value)
         .where_given("side = {}", None if side is None else side.value)
         .where_given("signal_id = {}", signal_id)
-        .where_given("placed_at >= {}", from_)
-        .where_given("placed_at < {}", to)
+        .where_given("placed_at >= {}", start)
+        .where_given("placed_at < {}", end)
     )
     rows = await reader.rows(select.page(KEYSET, order, after, limit))
     return OrderPage(

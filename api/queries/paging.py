@@ -19,12 +19,13 @@ than one generic plan full of `$n IS NULL OR ...`.
 from __future__ import annotations
 
 import base64
-from collections.abc import Mapping, Sequence
-from datetime import datetime
+from collections.abc import Callable, Mapping, Sequence
+from datetime import date, datetime
 from enum import StrEnum
-from typing import Annotated, Any, Final
+from typing import Annotated, Any, Final, TypeVar
 
 import msgspec
+from litestar.openapi.spec.enums import OpenAPIFormat
 from litestar.params import QueryParameter
 
 from api.errors import ApiProblem
@@ -32,6 +33,7 @@ from api.errors import ApiProblem
 PAGE_LIMIT_MAX: Final = 500
 PAGE_LIMIT_DEFAULT: Final = 100
 CURSOR_LENGTH_MAX: Final = 512
+T = TypeVar("T")
 
 
 class SortOrder(StrEnum):
@@ -50,18 +52,37 @@ Order = Annotated[
     SortOrder,
     QueryParameter(description="`desc` (newest or last first, the default) or `asc`."),
 ]
+# `from` and `to` are parsed here rather than by Litestar, whose errors would name them by
+# their Python names (from_): a client must see the parameter it sent.
 From = Annotated[
-    datetime | None,
+    str | None,
     QueryParameter(
-        name="from", description="Inclusive lower bound, an ISO 8601 time with its UTC offset."
+        name="from",
+        format=OpenAPIFormat.DATE_TIME,
+        description="Inclusive lower bound: an ISO 8601 time with its UTC offset (Z).",
     ),
 ]
 To = Annotated[
-    datetime | None,
+    str | None,
     QueryParameter(
-        name="to", description="Exclusive upper bound, an ISO 8601 time with its UTC offset."
+        name="to",
+        format=OpenAPIFormat.DATE_TIME,
+        description="Exclusive upper bound: an ISO 8601 time with its UTC offset (Z).",
     ),
 ]
+FromDay = Annotated[
+    str | None,
+    QueryParameter(
+        name="from", format=OpenAPIFormat.DATE, description="First day, inclusive (YYYY-MM-DD)."
+    ),
+]
+ToDay = Annotated[
+    str | None,
+    QueryParameter(
+        name="to", format=OpenAPIFormat.DATE, description="Last day, exclusive (YYYY-MM-DD)."
+    ),
+]
+BOUND_LENGTH_MAX: Final = 64
 
 
 class Keyset(msgspec.Struct, frozen=True, kw_only=True):
@@ -119,11 +140,44 @@ def next_cursor(
     return encode_cursor(keyset, order, keyset.key_of(rows[limit - 1]))
 
 
-def check_time_range(start: datetime | None, end: datetime | None) -> None:
-    """`from` and `to` carry a UTC offset, and `from` comes before `to`."""
-    for field, value in (("from", start), ("to", end)):
-        if value is not None and value.utcoffset() is None:
-            raise invalid(field, "VALIDATION_ERROR", f"`{field}` needs a UTC offset (e.g. Z)")
+def time_range(start: str | None, end: str | None) -> tuple[datetime | None, datetime | None]:
+    """`from` and `to` as UTC-aware times, `from` before `to`; else a 400 naming the field."""
+    bounds = (_parse("from", start, _time), _parse("to", end, _time))
+    _check_order(*bounds)
+    return bounds
+
+
+def day_range(start: str | None, end: str | None) -> tuple[date | None, date | None]:
+    """`from` and `to` as days, `from` before `to`; else a 400 naming the field."""
+    bounds = (_parse("from", start, date.fromisoformat), _parse("to", end, date.fromisoformat))
+    _check_order(*bounds)
+    return bounds
+
+
+def _time(text: str) -> datetime:
+    value = datetime.fromisoformat(text)
+    if value.utcoffset() is None:
+        raise ValueError("no UTC offset")
+    return value
+
+
+def _parse(field: str, text: str | None, parse: Callable[[str], T]) -> T | None:
+    if text is None:
+        return None
+    try:
+        if len(text) > BOUND_LENGTH_MAX:
+            raise ValueError("too long")
+        return parse(text)
+    except ValueError:
+        raise invalid(
+            field,
+            "VALIDATION_ERROR",
+            f"`{field}` must be an ISO 8601 "
+            + ("date" if parse is date.fromisoformat else "time with its UTC offset (e.g. Z)"),
+        ) from None
+
+
+def _check_order(start: Any, end: Any) -> None:
     if start is not None and end is not None and start >= end:
         raise invalid("to", "VALIDATION_ERROR", "`to` must be later than `from`")
 

@@ -73,7 +73,7 @@ async def list_positions(
     account_id: FromQuery[UUID | None] = None,
     instrument_id: FromQuery[UUID | None] = None,
     symbol: Annotated[str | None, QueryParameter(min_length=1, max_length=32)] = None,
-    open_: Annotated[bool | None, QueryParameter(name="open")] = None,
+    open: FromQuery[bool | None] = None,
 ) -> PositionPage:
     after = decode_cursor(KEYSET, order, cursor)
     select = (
@@ -83,8 +83,8 @@ async def list_positions(
         .where_given("instrument_id = {}", instrument_id)
         .where_given("instrument_id = {}", instrument_of(symbol))
     )
-    if open_ is not None:
-        select.where("quantity <> 0" if open_ else "quantity = 0")
+    if open is not None:
+        select.where("quantity <> 0" if open else "quantity = 0")
     rows = await reader.rows(select.page(KEYSET, order, after, limit))
     return PositionPage(
         positions=[_view(row) for row in rows[:limit]],

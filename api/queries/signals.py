@@ -21,9 +21,9 @@ from api.queries.paging import (
     Select,
     SortOrder,
     To,
-    check_time_range,
     decode_cursor,
     next_cursor,
+    time_range,
 )
 from api.queries.reading import READERS, Reader, instrument_of, not_found, query
 from api.queries.schemas import SignalPage, SignalView, amount
@@ -79,7 +79,7 @@ async def list_signals(
     from_: From = None,
     to: To = None,
 ) -> SignalPage:
-    check_time_range(from_, to)
+    start, end = time_range(from_, to)
     after = decode_cursor(KEYSET, order, cursor)
     select = (
         Select(_SELECT)
@@ -88,8 +88,8 @@ async def list_signals(
         .where_given("instrument_id = {}", instrument_id)
         .where_given("instrument_id = {}", instrument_of(symbol))
         .where_given("action = {}", None if action is None else action.value)
-        .where_given("emitted_at >= {}", from_)
-        .where_given("emitted_at < {}", to)
+        .where_given("emitted_at >= {}", start)
+        .where_given("emitted_at < {}", end)
     )
     rows = await reader.rows(select.page(KEYSET, order, after, limit))
     return SignalPage(

@@ -20,9 +20,9 @@ from api.queries.paging import (
     Select,
     SortOrder,
     To,
-    check_time_range,
     decode_cursor,
     next_cursor,
+    time_range,
 )
 from api.queries.reading import OWN_ACCOUNTS, READERS, Reader, instrument_of, not_found, query
 from api.queries.schemas import TradePage, TradeView, amount, optional_amount
@@ -86,7 +86,7 @@ async def list_trades(
     from_: From = None,
     to: To = None,
 ) -> TradePage:
-    check_time_range(from_, to)
+    start, end = time_range(from_, to)
     after = decode_cursor(KEYSET, order, cursor)
     select = (
         Select(_SELECT)
@@ -97,8 +97,8 @@ async def list_trades(
         .where_given("instrument_id = {}", instrument_id)
         .where_given("instrument_id = {}", instrument_of(symbol))
         .where_given("side = {}", None if side is None else side.value)
-        .where_given("executed_at >= {}", from_)
-        .where_given("executed_at < {}", to)
+        .where_given("executed_at >= {}", start)
+        .where_given("executed_at < {}", end)
     )
     rows = await reader.rows(select.page(KEYSET, order, after, limit))
     return TradePage(
