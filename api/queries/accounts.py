@@ -8,6 +8,7 @@ from uuid import UUID
 
 import asyncpg
 from litestar import get
+from litestar.di import NamedDependency
 from litestar.params import FromPath, FromQuery, QueryParameter
 
 from api.queries.paging import (
@@ -62,7 +63,7 @@ def _view(row: asyncpg.Record) -> AccountView:
     ),
 )
 async def list_accounts(
-    reader: Reader,
+    reader: NamedDependency[Reader],
     cursor: Cursor = None,
     limit: Limit = PAGE_LIMIT_DEFAULT,
     order: Order = SortOrder.DESC,
@@ -93,7 +94,7 @@ async def list_accounts(
         description="A trader sees their own accounts only (404 for any other).",
     ),
 )
-async def get_account(reader: Reader, account_id: FromPath[UUID]) -> AccountView:
+async def get_account(reader: NamedDependency[Reader], account_id: FromPath[UUID]) -> AccountView:
     select = Select(_SELECT).where("account_id = {}", account_id)
     row = await reader.row(select.where_given("user_id = {}", reader.owner).statement())
     if row is None:

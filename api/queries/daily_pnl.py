@@ -8,6 +8,7 @@ from uuid import UUID
 
 import asyncpg
 from litestar import get
+from litestar.di import NamedDependency
 from litestar.params import FromPath, FromQuery
 
 from api.queries.paging import (
@@ -60,7 +61,7 @@ def _view(row: asyncpg.Record) -> DailyPnlView:
     ),
 )
 async def list_daily_pnl(
-    reader: Reader,
+    reader: NamedDependency[Reader],
     cursor: Cursor = None,
     limit: Limit = PAGE_LIMIT_DEFAULT,
     order: Order = SortOrder.DESC,
@@ -96,7 +97,7 @@ async def list_daily_pnl(
     ),
 )
 async def get_daily_pnl(
-    reader: Reader, account_id: FromPath[UUID], day: FromPath[date]
+    reader: NamedDependency[Reader], account_id: FromPath[UUID], day: FromPath[date]
 ) -> DailyPnlView:
     select = Select(_SELECT).where("account_id = {} AND day = {}", account_id, day)
     row = await reader.row(select.where_given(OWN_ACCOUNTS, reader.owner).statement())

@@ -7,6 +7,7 @@ from uuid import UUID
 
 import asyncpg
 from litestar import get
+from litestar.di import NamedDependency
 from litestar.params import FromPath, FromQuery, QueryParameter
 
 from api.queries.paging import (
@@ -63,7 +64,7 @@ def _view(row: asyncpg.Record) -> InstrumentView:
     ),
 )
 async def list_instruments(
-    reader: Reader,
+    reader: NamedDependency[Reader],
     cursor: Cursor = None,
     limit: Limit = PAGE_LIMIT_DEFAULT,
     order: Order = SortOrder.ASC,
@@ -90,7 +91,9 @@ async def list_instruments(
     tags=["instruments"],
     **query(*Role, projection="instruments", summary="An instrument"),
 )
-async def get_instrument(reader: Reader, instrument_id: FromPath[UUID]) -> InstrumentView:
+async def get_instrument(
+    reader: NamedDependency[Reader], instrument_id: FromPath[UUID]
+) -> InstrumentView:
     row = await reader.row(Select(_SELECT).where("instrument_id = {}", instrument_id).statement())
     if row is None:
         raise not_found("INSTRUMENT_NOT_FOUND", f"instrument {instrument_id}")

@@ -8,6 +8,7 @@ from uuid import UUID
 
 import asyncpg
 from litestar import get
+from litestar.di import NamedDependency
 from litestar.params import FromPath, FromQuery, QueryParameter
 
 from api.queries.paging import (
@@ -106,7 +107,7 @@ def _fill(row: asyncpg.Record) -> FillView:
     ),
 )
 async def list_orders(
-    reader: Reader,
+    reader: NamedDependency[Reader],
     cursor: Cursor = None,
     limit: Limit = PAGE_LIMIT_DEFAULT,
     order: Order = SortOrder.DESC,
@@ -153,7 +154,7 @@ async def list_orders(
         "own accounts only (404 for any other).",
     ),
 )
-async def get_order(reader: Reader, order_id: FromPath[UUID]) -> OrderDetail:
+async def get_order(reader: NamedDependency[Reader], order_id: FromPath[UUID]) -> OrderDetail:
     select = Select(_SELECT).where("order_id = {}", order_id)
     row = await reader.row(select.where_given(OWN_ACCOUNTS, reader.owner).statement())
     if row is None:

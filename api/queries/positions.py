@@ -8,6 +8,7 @@ from uuid import UUID
 
 import asyncpg
 from litestar import get
+from litestar.di import NamedDependency
 from litestar.params import FromPath, FromQuery, QueryParameter
 
 from api.queries.paging import (
@@ -66,7 +67,7 @@ def _view(row: asyncpg.Record) -> PositionView:
     ),
 )
 async def list_positions(
-    reader: Reader,
+    reader: NamedDependency[Reader],
     cursor: Cursor = None,
     limit: Limit = PAGE_LIMIT_DEFAULT,
     order: Order = SortOrder.DESC,
@@ -103,7 +104,9 @@ async def list_positions(
         description="A trader sees the positions of their own accounts only (404 for any other).",
     ),
 )
-async def get_position(reader: Reader, position_id: FromPath[UUID]) -> PositionView:
+async def get_position(
+    reader: NamedDependency[Reader], position_id: FromPath[UUID]
+) -> PositionView:
     select = Select(_SELECT).where("position_id = {}", position_id)
     row = await reader.row(select.where_given(OWN_ACCOUNTS, reader.owner).statement())
     if row is None:

@@ -9,6 +9,7 @@ from uuid import UUID
 import asyncpg
 import msgspec
 from litestar import get
+from litestar.di import NamedDependency
 from litestar.params import FromPath, FromQuery, QueryParameter
 
 from api.queries.paging import (
@@ -68,7 +69,7 @@ def _view(row: asyncpg.Record) -> SignalView:
     ),
 )
 async def list_signals(
-    reader: Reader,
+    reader: NamedDependency[Reader],
     cursor: Cursor = None,
     limit: Limit = PAGE_LIMIT_DEFAULT,
     order: Order = SortOrder.DESC,
@@ -109,7 +110,7 @@ async def list_signals(
         description="A trader sees the signals of their own strategies only (404 for any other).",
     ),
 )
-async def get_signal(reader: Reader, signal_id: FromPath[UUID]) -> SignalView:
+async def get_signal(reader: NamedDependency[Reader], signal_id: FromPath[UUID]) -> SignalView:
     select = Select(_SELECT).where("signal_id = {}", signal_id)
     row = await reader.row(select.where_given(_OWN_STRATEGIES, reader.owner).statement())
     if row is None:

@@ -9,6 +9,7 @@ from uuid import UUID
 import asyncpg
 import msgspec
 from litestar import get
+from litestar.di import NamedDependency
 from litestar.params import FromPath, FromQuery
 
 from api.queries.paging import (
@@ -59,7 +60,7 @@ def _view(row: asyncpg.Record) -> StrategyView:
     ),
 )
 async def list_strategies(
-    reader: Reader,
+    reader: NamedDependency[Reader],
     cursor: Cursor = None,
     limit: Limit = PAGE_LIMIT_DEFAULT,
     order: Order = SortOrder.DESC,
@@ -90,7 +91,9 @@ async def list_strategies(
         description="A trader sees the strategies they own only (404 for any other).",
     ),
 )
-async def get_strategy(reader: Reader, strategy_id: FromPath[UUID]) -> StrategyView:
+async def get_strategy(
+    reader: NamedDependency[Reader], strategy_id: FromPath[UUID]
+) -> StrategyView:
     select = Select(_SELECT).where("strategy_id = {}", strategy_id)
     row = await reader.row(select.where_given("owner_id = {}", reader.owner).statement())
     if row is None:

@@ -8,6 +8,7 @@ from uuid import UUID
 
 import asyncpg
 from litestar import get
+from litestar.di import NamedDependency
 from litestar.params import FromPath, FromQuery, QueryParameter
 
 from api.queries.paging import (
@@ -74,7 +75,7 @@ def _view(row: asyncpg.Record) -> TradeView:
     ),
 )
 async def list_trades(
-    reader: Reader,
+    reader: NamedDependency[Reader],
     cursor: Cursor = None,
     limit: Limit = PAGE_LIMIT_DEFAULT,
     order: Order = SortOrder.DESC,
@@ -119,7 +120,9 @@ async def list_trades(
         "accounts only (404 for any other).",
     ),
 )
-async def get_trade(reader: Reader, order_id: FromPath[UUID], fill_id: FromPath[str]) -> TradeView:
+async def get_trade(
+    reader: NamedDependency[Reader], order_id: FromPath[UUID], fill_id: FromPath[str]
+) -> TradeView:
     select = (
         Select(_SELECT).where(_BOOKED).where("order_id = {} AND fill_id = {}", order_id, fill_id)
     )

@@ -8,6 +8,7 @@ from uuid import UUID
 
 import asyncpg
 from litestar import get
+from litestar.di import NamedDependency
 from litestar.params import FromPath, FromQuery
 
 from api.queries.paging import (
@@ -59,7 +60,7 @@ def _view(row: asyncpg.Record) -> UserView:
     ),
 )
 async def list_users(
-    reader: Reader,
+    reader: NamedDependency[Reader],
     cursor: Cursor = None,
     limit: Limit = PAGE_LIMIT_DEFAULT,
     order: Order = SortOrder.DESC,
@@ -84,7 +85,7 @@ async def list_users(
     tags=["users"],
     **query(Role.ADMIN, projection="users", summary="A user"),
 )
-async def get_user(reader: Reader, user_id: FromPath[UUID]) -> UserView:
+async def get_user(reader: NamedDependency[Reader], user_id: FromPath[UUID]) -> UserView:
     row = await reader.row(Select(_SELECT).where("user_id = {}", user_id).statement())
     if row is None:
         raise not_found("USER_NOT_FOUND", f"user {user_id}")

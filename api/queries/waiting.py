@@ -68,9 +68,13 @@ class Waiter:
 class ProjectionWatcher:
     """The checkpoints this process knows, kept fresh by NOTIFY, and who waits on them."""
 
-    def __init__(self, database_url: str, pool: asyncpg.Pool) -> None:
+    def __init__(
+        self, database_url: str, pool: asyncpg.Pool, *, poll_interval_s: float = POLL_INTERVAL_S
+    ) -> None:
+        assert poll_interval_s > 0, poll_interval_s
         self.database_url = database_url
         self.pool = pool
+        self.poll_interval_s = poll_interval_s
         self.checkpoints: dict[str, int] = {}
         self.waiters: set[Waiter] = set()
         self._poked = asyncio.Event()
@@ -157,7 +161,7 @@ class ProjectionWatcher:
         while True:
             polled = False
             try:
-                async with asyncio.timeout(POLL_INTERVAL_S):
+                async with asyncio.timeout(self.poll_interval_s):
                     await self._poked.wait()
             except TimeoutError:
                 polled = True

@@ -6,17 +6,21 @@ and the projection workers can be held back without slowing the other tests.
 
 from __future__ import annotations
 
+import asyncio
 import secrets
 from collections.abc import AsyncIterator
 from typing import Any
 
+import asyncpg
 import msgspec
 import pytest
 from litestar.testing import AsyncTestClient
 
 from api.app import create_app
+from api.consistency import decode_token
 from ledger.domain.user import Role
 from ledger.settings import Settings
+from projections.notify import CHANNEL, parse
 from tests.conftest import Databases
 from tests.e2e.conftest import JWT_SECRET, Api, User, assert_problem
 from tests.e2e.projecting import Pipeline
@@ -133,3 +137,36 @@ async def test_the_503_is_a_problem_document(stalled: Stalled) -> None:
     assert msgspec.json.decode(response.content)["type"].endswith("CONSISTENCY_TIMEOUT")
     assert body["instance"] == "/api/v1/instruments"
     assert instrument_id not in response.text
+
+
+async def test_the_workers_announce_what_they_applied(stalled: Stalled) -> None:
+    """Each worker NOTIFYs its checkpoint after a batch: what wakes the waiting queries."""
+    api = stalled.api
+    assert api.settings.database_url is not None
+    notices: list[str] = []
+    listener = await asyncpg.connect(api.settings.database_url)
+    try:
+        await listener.add_listener(CHANNEL, lambda *args: notices.append(args[3]))
+        await stalled.pipeline.start_workers()  # the previous test stopped them
+        admin = await api.user(Role.ADMIN)
+        instrument_id, token = await _list_instrument(api, admin)
+        answered = await _read_until_answered(
+            api, f"/api/v1/instruments/{instrument_id}", admin, token
+        )
+        assert answered.status_code == 200, answered.text
+        sequence = await listener.fetchval(
+            "SELECT sequence FROM ledger.sequence WHERE position = $1",
+            decode_token(token).position,
+        )
+        for _ in range(RETRIES_MAX):
+            announced = [parse(notice) for notice in notices]
+            if any(
+                item is not None and item[0] == "instruments" and item[1] >= sequence
+                for item in announced
+            ):
+                break
+            await asyncio.sleep(0.05)
+        else:
+            raise AssertionError(f"no notice of instruments at {sequence}: {notices}")
+    finally:
+        await listener.close()
