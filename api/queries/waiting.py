@@ -81,6 +81,7 @@ class ProjectionWatcher:
         self._listener: asyncpg.Connection | None = None
         self._task: asyncio.Task[None] | None = None
         self._closing = False
+        self.notices = 0  # how many notices arrived so far (see `wait`'s notices_seen)
 
     async def start(self) -> None:
         assert self._task is None, "started twice"
@@ -107,16 +108,29 @@ class ProjectionWatcher:
                 self.checkpoints[name] = sequence
 
     async def wait(
-        self, position: int, sequence: int | None, projections: tuple[str, ...], timeout_s: float
+        self,
+        position: int,
+        sequence: int | None,
+        projections: tuple[str, ...],
+        timeout_s: float,
+        *,
+        notices_seen: int | None = None,
     ) -> bool:
         """True once every projection named has applied the event; False after `timeout_s`
-        (or at once when WAITERS_MAX requests already wait, or the watcher is closing)."""
+        (or at once when WAITERS_MAX requests already wait, or the watcher is closing).
+
+        `notices_seen` is `notices` when the caller read `sequence`: an event found not yet
+        numbered may have been numbered and applied, its notice handled, while that read
+        was in flight; then the waiter looks its sequence up at once rather than at the
+        next notice or poll."""
         if len(self.waiters) >= WAITERS_MAX or self._closing:
             return False
         waiter = Waiter(position, sequence, projections)
         self.waiters.add(waiter)
         try:
             self._resolve(waiter)
+            if sequence is None and notices_seen is not None and notices_seen != self.notices:
+                self._poked.set()
             async with asyncio.timeout(timeout_s):
                 await waiter.done
         except (TimeoutError, WatcherClosedError):
@@ -138,6 +152,7 @@ class ProjectionWatcher:
         parsed = notify.parse(payload)
         if parsed is None:
             return
+        self.notices += 1
         self.learn([parsed[0]], [parsed[1]])
         unsequenced = False
         for waiter in self.waiters:
@@ -212,6 +227,7 @@ async def settle(
     watcher: ProjectionWatcher, token: Checkpoint, projections: tuple[str, ...], timeout_s: float
 ) -> bool:
     """True when `projections` have applied the token's event, within `timeout_s`."""
+    notices_seen = watcher.notices
     row = await watcher.pool.fetchrow(
         _EVENT_SQL, token.position, token.tx, list(projections), timeout=STATEMENT_TIMEOUT_S
     )
@@ -223,4 +239,6 @@ async def settle(
         watcher.checkpoints.get(name, 0) >= sequence for name in projections
     ):
         return True
-    return await watcher.wait(token.position, sequence, projections, timeout_s)
+    return await watcher.wait(
+        token.position, sequence, projections, timeout_s, notices_seen=notices_seen
+    )
