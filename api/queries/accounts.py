@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from datetime import datetime
 from typing import Annotated, Final
 from uuid import UUID
 
@@ -19,6 +18,7 @@ from api.queries.paging import (
     Order,
     Select,
     SortOrder,
+    UtcTime,
     decode_cursor,
     next_cursor,
 )
@@ -26,7 +26,7 @@ from api.queries.reading import READERS, Reader, not_found, query
 from api.queries.schemas import AccountPage, AccountView, amount, optional_amount
 
 KEYSET: Final = Keyset(
-    name="accounts", columns=("opened_at", "account_id"), key_type=tuple[datetime, UUID]
+    name="accounts", columns=("opened_at", "account_id"), key_type=tuple[UtcTime, UUID]
 )
 _SELECT: Final = (
     "SELECT account_id, user_id, currency, available, reserved, allow_short_selling, fee_rate, "

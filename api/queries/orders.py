@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from datetime import datetime
 from typing import Annotated, Any, Final
 from uuid import UUID
 
@@ -21,6 +20,7 @@ from api.queries.paging import (
     Select,
     SortOrder,
     To,
+    UtcTime,
     decode_cursor,
     next_cursor,
     time_range,
@@ -39,7 +39,7 @@ from ledger.domain.side import Side
 
 FILLS_MAX: Final = 500
 KEYSET: Final = Keyset(
-    name="orders", columns=("placed_at", "order_id"), key_type=tuple[datetime, UUID]
+    name="orders", columns=("placed_at", "order_id"), key_type=tuple[UtcTime, UUID]
 )
 _SELECT: Final = (
     "SELECT order_id, account_id, instrument_id, side, order_type, quantity, limit_price, "

@@ -85,6 +85,10 @@ ToDay = Annotated[
 BOUND_LENGTH_MAX: Final = 64
 
 
+# A key's time in a cursor: with its offset, as PostgreSQL gave it (a naive one is refused).
+UtcTime = Annotated[datetime, msgspec.Meta(tz=True)]
+
+
 class Keyset(msgspec.Struct, frozen=True, kw_only=True):
     """How one list is ordered: its name (in its cursors), its key columns and their types."""
 
@@ -125,9 +129,14 @@ def decode_cursor(keyset: Keyset, order: SortOrder, cursor: str | None) -> tuple
         key = msgspec.convert(values, type=keyset.key_type)
     except (ValueError, msgspec.DecodeError):
         raise invalid("cursor", "INVALID_CURSOR", message) from None
-    if name != keyset.name or given_order != order.value:
+    # PostgreSQL text cannot hold NUL: no stored key has one.
+    if name != keyset.name or given_order != order.value or any(_has_nul(value) for value in key):
         raise invalid("cursor", "INVALID_CURSOR", message)
     return tuple(key)
+
+
+def _has_nul(value: Any) -> bool:
+    return isinstance(value, str) and "\x00" in value
 
 
 def next_cursor(

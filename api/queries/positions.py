@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from datetime import datetime
 from typing import Annotated, Final
 from uuid import UUID
 
@@ -19,6 +18,7 @@ from api.queries.paging import (
     Order,
     Select,
     SortOrder,
+    UtcTime,
     decode_cursor,
     next_cursor,
 )
@@ -26,7 +26,7 @@ from api.queries.reading import OWN_ACCOUNTS, READERS, Reader, instrument_of, no
 from api.queries.schemas import PositionPage, PositionView, amount, optional_amount
 
 KEYSET: Final = Keyset(
-    name="positions", columns=("opened_at", "position_id"), key_type=tuple[datetime, UUID]
+    name="positions", columns=("opened_at", "position_id"), key_type=tuple[UtcTime, UUID]
 )
 _SELECT: Final = (
     "SELECT position_id, account_id, instrument_id, quantity, average_cost, cost_basis, "

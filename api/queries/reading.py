@@ -49,8 +49,9 @@ _BIGINT_MAX: Final = 2**63 - 1
 ConsistentWith = Annotated[
     str | None,
     QueryParameter(
-        description="A command's `consistency_token`: wait (2 s at most) until this list "
-        "reflects that command, else 503 CONSISTENCY_TIMEOUT (retry)."
+        description="A command's `consistency_token`: wait (LEDGER_CONSISTENCY_WAIT_S, 2 s by "
+        "default) until this read reflects that command, else 503 CONSISTENCY_TIMEOUT with "
+        "Retry-After. A token that does not decode, or names no event, is a 400."
     ),
 ]
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from datetime import datetime
 from typing import Annotated, Final
 from uuid import UUID
 
@@ -22,6 +21,7 @@ from api.queries.paging import (
     Select,
     SortOrder,
     To,
+    UtcTime,
     decode_cursor,
     next_cursor,
     time_range,
@@ -31,7 +31,7 @@ from api.queries.schemas import SignalPage, SignalView, amount
 from ledger.domain.signal import SignalAction
 
 KEYSET: Final = Keyset(
-    name="signals", columns=("emitted_at", "signal_id"), key_type=tuple[datetime, UUID]
+    name="signals", columns=("emitted_at", "signal_id"), key_type=tuple[UtcTime, UUID]
 )
 _SELECT: Final = (
     "SELECT signal_id, strategy_id, instrument_id, action, strength, reasons, indicators, "

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from datetime import datetime
 from typing import Any, Final
 from uuid import UUID
 
@@ -20,6 +19,7 @@ from api.queries.paging import (
     Order,
     Select,
     SortOrder,
+    UtcTime,
     decode_cursor,
     next_cursor,
 )
@@ -27,7 +27,7 @@ from api.queries.reading import READERS, Reader, not_found, query
 from api.queries.schemas import StrategyPage, StrategyView
 
 KEYSET: Final = Keyset(
-    name="strategies", columns=("created_at", "strategy_id"), key_type=tuple[datetime, UUID]
+    name="strategies", columns=("created_at", "strategy_id"), key_type=tuple[UtcTime, UUID]
 )
 _SELECT: Final = (
     "SELECT strategy_id, name, owner_id, parameters, active, created_at, updated_at, version "

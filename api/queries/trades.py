@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from datetime import datetime
 from typing import Annotated, Final
 from uuid import UUID
 
@@ -21,6 +20,7 @@ from api.queries.paging import (
     Select,
     SortOrder,
     To,
+    UtcTime,
     decode_cursor,
     next_cursor,
     time_range,
@@ -32,7 +32,7 @@ from ledger.domain.side import Side
 KEYSET: Final = Keyset(
     name="trades",
     columns=("executed_at", "order_id", "fill_id"),
-    key_type=tuple[datetime, UUID, str],
+    key_type=tuple[UtcTime, UUID, str],
 )
 # A trade row is upserted by its two events (settlement, booking); it is listed once its
 # booking, which gives its execution time, is applied. A command's two events are both
@@ -123,6 +123,8 @@ async def list_trades(
 async def get_trade(
     reader: NamedDependency[Reader], order_id: FromPath[UUID], fill_id: FromPath[str]
 ) -> TradeView:
+    if "\x00" in fill_id:  # PostgreSQL text cannot hold NUL, so no fill has it
+        raise not_found("TRADE_NOT_FOUND", f"trade {order_id}/{fill_id!r}")
     select = (
         Select(_SELECT).where(_BOOKED).where("order_id = {} AND fill_id = {}", order_id, fill_id)
     )

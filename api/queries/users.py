@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from datetime import datetime
 from typing import Final
 from uuid import UUID
 
@@ -19,6 +18,7 @@ from api.queries.paging import (
     Order,
     Select,
     SortOrder,
+    UtcTime,
     decode_cursor,
     next_cursor,
 )
@@ -27,7 +27,7 @@ from api.queries.schemas import UserPage, UserView
 from ledger.domain.user import Role
 
 KEYSET: Final = Keyset(
-    name="users", columns=("registered_at", "user_id"), key_type=tuple[datetime, UUID]
+    name="users", columns=("registered_at", "user_id"), key_type=tuple[UtcTime, UUID]
 )
 _SELECT: Final = (
     "SELECT user_id, email, display_name, role, disabled, disabled_reason, registered_at, "

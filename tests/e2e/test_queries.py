@@ -447,6 +447,7 @@ async def test_a_missing_row_is_a_404(market: Market) -> None:
         (f"/api/v1/accounts/{nobody}", "ACCOUNT_NOT_FOUND"),
         (f"/api/v1/orders/{nobody}", "ORDER_NOT_FOUND"),
         (f"/api/v1/trades/{market.alice_buys[0]}/nope", "TRADE_NOT_FOUND"),
+        (f"/api/v1/trades/{market.alice_buys[0]}/a%00", "TRADE_NOT_FOUND"),
         (f"/api/v1/positions/{nobody}", "POSITION_NOT_FOUND"),
         (f"/api/v1/daily-pnl/{market.alice_account}/2020-01-01", "DAILY_PNL_NOT_FOUND"),
         (f"/api/v1/signals/{nobody}", "SIGNAL_NOT_FOUND"),
@@ -705,12 +706,20 @@ async def test_cursors_that_are_not_this_lists_are_400(market: Market) -> None:
         _b64(b'["orders", "desc", ["yesterday", "nope"]]'),
         _b64(b'["orders", "desc", []]'),
         _b64(b'{"orders": 1}'),
+        _b64(b'["orders", "desc", ["2025-03-03T00:00:00", "%s"]]' % market.bob_order.encode()),
         signals["next_cursor"],  # another list's
     ]
     for cursor in bad:
         response = await market.get("/api/v1/orders", market.analyst, cursor=cursor)
         body = assert_problem(response, 400, "INVALID_CURSOR")
         assert body["errors"][0]["field"] == "cursor"
+    nul = _b64(
+        b'["trades", "desc", ["2025-03-03T00:00:00Z", "%s", "a\\u0000"]]'
+        % (market.bob_order.encode())
+    )
+    assert_problem(
+        await market.get("/api/v1/trades", market.analyst, cursor=nul), 400, "INVALID_CURSOR"
+    )
     # The same list's cursor with the other order.
     response = await market.get("/api/v1/orders", market.analyst, cursor=orders_cursor, order="asc")
     assert_problem(response, 400, "INVALID_CURSOR")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 from datetime import UTC, date, datetime
 from uuid import UUID, uuid4
 
@@ -10,6 +11,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from api.errors import ApiProblem
+from api.queries.orders import KEYSET as ORDERS
 from api.queries.paging import (
     Keyset,
     Select,
@@ -20,14 +22,8 @@ from api.queries.paging import (
     next_cursor,
     time_range,
 )
+from api.queries.trades import KEYSET as TRADES
 from ledger.settings import Settings, SettingsError
-
-ORDERS = Keyset(name="orders", columns=("placed_at", "order_id"), key_type=tuple[datetime, UUID])
-TRADES = Keyset(
-    name="trades",
-    columns=("executed_at", "order_id", "fill_id"),
-    key_type=tuple[datetime, UUID, str],
-)
 
 times = st.datetimes(
     min_value=datetime(1970, 1, 1), max_value=datetime(2200, 1, 1), timezones=st.just(UTC)
@@ -41,7 +37,11 @@ def test_a_cursor_gives_back_its_key(placed_at: datetime, order_id: UUID, order:
     assert set(cursor) <= set("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_")
 
 
-@given(key=st.tuples(times, st.uuids(), st.text(max_size=64)))
+@given(
+    key=st.tuples(
+        times, st.uuids(), st.text(st.characters(blacklist_characters="\x00"), max_size=64)
+    )
+)
 def test_a_three_part_key_round_trips(key: tuple[datetime, UUID, str]) -> None:
     assert decode_cursor(TRADES, SortOrder.ASC, encode_cursor(TRADES, SortOrder.ASC, key)) == key
 
@@ -146,3 +146,19 @@ def test_the_consistency_wait_setting() -> None:
     for bad in ("0", "-1", "31", "nan", "soon"):
         with pytest.raises(SettingsError, match="LEDGER_CONSISTENCY_WAIT_S"):
             Settings.from_env({"LEDGER_CONSISTENCY_WAIT_S": bad})
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        b'["orders", "desc", ["2025-03-03T00:00:00", "00000000-0000-4000-8000-000000000001"]]',
+        b'["trades", "desc", ["2025-03-03T00:00:00Z", "00000000-0000-4000-8000-000000000001", '
+        b'"a\\u0000b"]]',
+    ],
+)
+def test_a_key_postgresql_could_not_compare_is_an_invalid_cursor(raw: bytes) -> None:
+    keyset = ORDERS if raw.startswith(b'["orders"') else TRADES
+    cursor = base64.urlsafe_b64encode(raw).decode()
+    with pytest.raises(ApiProblem) as raised:
+        decode_cursor(keyset, SortOrder.DESC, cursor)
+    assert raised.value.code == "INVALID_CURSOR"
