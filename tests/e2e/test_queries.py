@@ -27,6 +27,7 @@ from tests.e2e.projecting import Pipeline
 
 DAY_ONE = "2025-03-03"
 DAY_TWO = "2025-03-04"
+CATCH_UP_ATTEMPTS = 60  # of up to 2 s each
 
 
 class Market:
@@ -175,6 +176,31 @@ class Market:
             f"/api/v1/orders/{self.alice_buys[2]}/cancel", self.alice, {"reason": "enough"}, 202
         )
         self.alice_orders = {*self.alice_buys, self.alice_sell}
+        await self.caught_up()
+
+    async def caught_up(self) -> None:
+        """Retry (bounded) each projection's list until it answers with the last token.
+
+        The shared database holds every earlier module's events, which the relay and the
+        workers, started with this module, first work through: a client would retry on
+        CONSISTENCY_TIMEOUT as this does."""
+        lists = [
+            "/api/v1/users",
+            "/api/v1/accounts",
+            "/api/v1/instruments",
+            "/api/v1/strategies",
+            "/api/v1/signals",
+            "/api/v1/orders",
+            "/api/v1/trades",
+            "/api/v1/positions",
+            "/api/v1/daily-pnl",
+        ]
+        for path in lists:
+            for _ in range(CATCH_UP_ATTEMPTS):
+                response = await self.get(path, self.admin, limit=1)
+                if response.status_code != 503:
+                    break
+            assert response.status_code == 200, response.text
 
 
 @pytest.fixture(scope="module")
