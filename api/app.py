@@ -31,6 +31,8 @@ from api.logs import log_request, timed
 from api.metrics import MetricsController, command_executed, http_metrics
 from api.ops import health, ready
 from api.passwords import HashCost, Passwords
+from api.queries import lifespan as queries_lifespan
+from api.queries import route_handlers as query_route_handlers
 from api.registration import Registrar
 from api.request_id import echo_request_id
 from api.security import openapi_components
@@ -53,6 +55,9 @@ OPENAPI_TAGS: Final = (
     Tag(name="signals", description="Strategy signals (trader)."),
     Tag(name="orders", description="Orders (trader) and their fills (execution)."),
     Tag(name="audit", description="The raw event log (auditor, analyst)."),
+    Tag(name="trades", description="Trades, one per fill (read model)."),
+    Tag(name="positions", description="Positions per account and instrument (read model)."),
+    Tag(name="pnl", description="Daily P&L per account (read model)."),
     Tag(name="ops", description="Liveness, readiness and Prometheus metrics."),
 )
 
@@ -106,8 +111,10 @@ def create_app(settings: Settings, *, tracer_provider: TracerProvider | None = N
             signals.router,
             orders.router,
             events.router,
+            # After the routers: GET /api/v1/orders joins their POST route (api/queries).
+            *query_route_handlers,
         ],
-        lifespan=[lifespan],
+        lifespan=[lifespan, queries_lifespan],
         state=State({"settings": settings}),
         openapi_config=OpenAPIConfig(
             title="Ledger",

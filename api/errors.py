@@ -161,11 +161,16 @@ def _field_errors(extra: object) -> list[dict[str, str]]:
             found.append(
                 {
                     "field": str(item.get("key", "")),
-                    "source": str(item.get("source", "body")),
+                    "source": _source_name(item.get("source", "body")),
                     "message": str(item.get("message", ""))[:DETAIL_LENGTH_MAX],
                 }
             )
     return found
+
+
+def _source_name(source: object) -> str:
+    # Litestar gives a ParamType enum for parameters ("query", "path", "header"...).
+    return str(getattr(source, "value", source))
 
 
 def _from_domain(error: domain.DomainError) -> ApiProblem:

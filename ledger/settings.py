@@ -30,6 +30,7 @@ ARGON2_MEMORY_KIB_MIN: Final = 8
 INTEGER_MAX: Final = 2**31 - 1
 SECONDS_MAX: Final = 86_400.0
 JWT_SECRET_FILE: Final = "jwt_secret"  # noqa: S105 (a file name, not a secret)
+CONSISTENCY_WAIT_S_MAX: Final = 30.0
 
 
 class SettingsError(ValueError):
@@ -63,6 +64,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     argon2_parallelism: int = 4
     service_name: str = "ledger"
     otlp_endpoint: str | None = None
+    # How long a query with consistent_with= waits for its projection (api/queries/waiting.py).
+    consistency_wait_s: float = 2.0
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -106,6 +109,9 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
             ),
             service_name=_service_name(env, "LEDGER_SERVICE_NAME", defaults.service_name),
             otlp_endpoint=_otlp_endpoint(env, "LEDGER_OTLP_ENDPOINT"),
+            consistency_wait_s=_consistency_wait_s(
+                env, "LEDGER_CONSISTENCY_WAIT_S", defaults.consistency_wait_s
+            ),
         )
 
     def __post_init__(self) -> None:
@@ -229,3 +235,18 @@ def _otlp_endpoint(env: Mapping[str, str], name: str) -> str | None:
             f"{name} must be a URL starting with http:// or https://, got {value!r}"
         )
     return value
+
+
+def _consistency_wait_s(env: Mapping[str, str], name: str, default: float) -> float:
+    value = env.get(name)
+    if value is None:
+        return default
+    try:
+        seconds = float(value)
+    except ValueError:
+        seconds = -1.0
+    if not 0 < seconds <= CONSISTENCY_WAIT_S_MAX:  # also refuses nan
+        raise SettingsError(
+            f"{name} must be a number of seconds in (0, {CONSISTENCY_WAIT_S_MAX:g}], got {value!r}"
+        )
+    return seconds

@@ -51,6 +51,7 @@ from ledger import tracing
 from projections import source
 from projections.base import STATEMENT_TIMEOUT_S, LoggedEvent, Projection
 from projections.engine import Applied, SequenceGapError, apply_batch
+from projections.notify import notify_projected
 from projections.registry import select
 
 WORKER_LOCK_CLASS: Final = 0x1ED6E8
@@ -172,6 +173,7 @@ class Runner:
         self.client = client
         self.options = options
         self.parked: Parked | None = None
+        self.notified = 0  # the last checkpoint announced on projections.notify.CHANNEL
 
     async def run(self, stop: asyncio.Event) -> None:
         failures = 0
@@ -234,7 +236,10 @@ class Runner:
                     messages = await subscription.fetch(
                         options.fetch_batch, timeout=options.fetch_timeout_s
                     )
-                except nats.errors.TimeoutError:
+                # An idle fetch: nats-py raises its own TimeoutError or asyncio's (both are
+                # TimeoutError). Left to run(), it was a "failure" that grew the backoff to
+                # backoff_max_s while idle, delaying the next event by seconds.
+                except TimeoutError:
                     continue
                 await self._handle(connection, messages)
         finally:
@@ -261,6 +266,9 @@ class Runner:
         for message, event in zip(messages, events, strict=True):
             if event.sequence <= applied:
                 await message.ack()
+        if applied > self.notified:  # committed: wake the API's read-your-writes waiters
+            await notify_projected(connection, self.projection.name, applied)
+            self.notified = applied
 
     def _apply_spans(
         self, messages: Sequence[Msg], events: Sequence[LoggedEvent]

@@ -1,0 +1,233 @@
+"""The read models on the wire: Structs of the API's own, one per read model, and pages.
+
+Money, prices, quantities and rates are decimal strings exactly as stored (NUMERIC), never
+JSON numbers; times are UTC; days are ISO dates (UTC days). A page is its rows and
+`next_cursor`, null on the last page.
+"""
+
+from __future__ import annotations
+
+from datetime import date, datetime
+from decimal import Decimal
+from typing import Annotated, Any, Final
+from uuid import UUID
+
+import msgspec
+from msgspec import Meta
+
+DECIMAL_DESCRIPTION: Final = "A decimal number as a string"
+Amount = Annotated[str, Meta(description=DECIMAL_DESCRIPTION, examples=["1250.50"])]
+
+
+def amount(value: Decimal) -> str:
+    return format(value, "f")
+
+
+def optional_amount(value: Decimal | None) -> str | None:
+    return None if value is None else format(value, "f")
+
+
+class View(msgspec.Struct, frozen=True, kw_only=True):
+    """Base of the read models' wire types."""
+
+
+class AccountView(View, frozen=True, kw_only=True):
+    """A cash account in one currency; `total` is available + reserved."""
+
+    account_id: UUID
+    user_id: UUID
+    currency: str
+    available: Amount
+    reserved: Amount
+    total: Amount
+    allow_short_selling: bool
+    fee_rate: Amount
+    max_order_notional: Amount | None
+    opened_at: datetime
+    updated_at: datetime
+    version: int
+
+
+class FillView(View, frozen=True, kw_only=True):
+    fill_id: str
+    quantity: Amount
+    price: Amount
+    fee: Amount
+    cash_amount: Amount
+    venue: str
+    executed_at: datetime
+
+
+class OrderView(View, frozen=True, kw_only=True):
+    order_id: UUID
+    account_id: UUID
+    instrument_id: UUID
+    side: str
+    order_type: str
+    quantity: Amount
+    limit_price: Amount | None
+    stop_price: Amount | None
+    time_in_force: str
+    signal_id: UUID | None
+    client_order_id: str | None
+    status: str
+    hold_amount: Amount
+    filled_quantity: Amount
+    filled_notional: Amount
+    cash_amount: Amount
+    fees: Amount
+    fill_count: int
+    reason_code: str | None
+    reason: str | None
+    placed_at: datetime
+    updated_at: datetime
+    version: int
+
+
+class OrderDetail(OrderView, frozen=True, kw_only=True):
+    """An order with its fills in execution order (the first FILLS_MAX; the trades list,
+    filtered by order_id, pages through any number)."""
+
+    fills: list[FillView]
+
+
+class TradeView(View, frozen=True, kw_only=True):
+    order_id: UUID
+    fill_id: str
+    account_id: UUID | None
+    instrument_id: UUID | None
+    side: str
+    quantity: Amount
+    price: Amount
+    fee: Amount
+    cash_amount: Amount | None
+    realised_pnl: Amount | None
+    executed_at: datetime
+    settled_at: datetime | None
+
+
+class PositionView(View, frozen=True, kw_only=True):
+    """Quantity (negative when short), average cost (null when flat), realised P&L."""
+
+    position_id: UUID
+    account_id: UUID
+    instrument_id: UUID
+    quantity: Amount
+    average_cost: Amount | None
+    cost_basis: Amount
+    realised_pnl: Amount
+    fees_paid: Amount
+    reserved_quantity: Amount
+    trade_count: int
+    opened_at: datetime
+    updated_at: datetime
+    version: int
+
+
+class SignalView(View, frozen=True, kw_only=True):
+    signal_id: UUID
+    strategy_id: UUID
+    instrument_id: UUID
+    action: str
+    strength: Amount
+    reasons: list[str]
+    indicators: dict[str, str]
+    emitted_at: datetime
+
+
+class StrategyView(View, frozen=True, kw_only=True):
+    strategy_id: UUID
+    name: str
+    owner_id: UUID
+    parameters: dict[str, Any]
+    active: bool
+    created_at: datetime
+    updated_at: datetime
+    version: int
+
+
+class InstrumentView(View, frozen=True, kw_only=True):
+    instrument_id: UUID
+    symbol: str
+    currency: str
+    tick_size: Amount
+    lot_size: Amount
+    price_precision: int
+    quantity_precision: int
+    status: str
+    status_reason: str | None
+    listed_at: datetime
+    updated_at: datetime
+    version: int
+
+
+class UserView(View, frozen=True, kw_only=True):
+    """A user as admins see them (never a password hash)."""
+
+    user_id: UUID
+    email: str
+    display_name: str
+    role: str
+    disabled: bool
+    disabled_reason: str | None
+    registered_at: datetime
+    updated_at: datetime
+    version: int
+
+
+class DailyPnlView(View, frozen=True, kw_only=True):
+    """One account's trading on one UTC day: net_pnl is realised_pnl - fees."""
+
+    account_id: UUID
+    day: date
+    realised_pnl: Amount
+    fees: Amount
+    net_pnl: Amount
+    trade_count: int
+    bought_notional: Amount
+    sold_notional: Amount
+
+
+class AccountPage(View, frozen=True, kw_only=True):
+    accounts: list[AccountView]
+    next_cursor: str | None
+
+
+class OrderPage(View, frozen=True, kw_only=True):
+    orders: list[OrderView]
+    next_cursor: str | None
+
+
+class TradePage(View, frozen=True, kw_only=True):
+    trades: list[TradeView]
+    next_cursor: str | None
+
+
+class PositionPage(View, frozen=True, kw_only=True):
+    positions: list[PositionView]
+    next_cursor: str | None
+
+
+class SignalPage(View, frozen=True, kw_only=True):
+    signals: list[SignalView]
+    next_cursor: str | None
+
+
+class StrategyPage(View, frozen=True, kw_only=True):
+    strategies: list[StrategyView]
+    next_cursor: str | None
+
+
+class InstrumentPage(View, frozen=True, kw_only=True):
+    instruments: list[InstrumentView]
+    next_cursor: str | None
+
+
+class UserPage(View, frozen=True, kw_only=True):
+    users: list[UserView]
+    next_cursor: str | None
+
+
+class DailyPnlPage(View, frozen=True, kw_only=True):
+    days: list[DailyPnlView]
+    next_cursor: str | None
