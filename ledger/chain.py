@@ -38,25 +38,64 @@ def content_digest(
     state: bytes,
 ) -> bytes:
     """SHA-256 of one event's canonical content (every stored column but position and tx)."""
-    assert recorded_at.tzinfo is not None, "recorded_at must be timezone-aware"
-    canonical = _encoder.encode(
-        [
-            CANONICAL_FORMAT,
-            str(event_id),
-            str(stream_id),
-            stream_type,
-            version,
-            topic,
-            schema_version,
-            recorded_at.astimezone(UTC).isoformat(timespec="microseconds"),
-            actor,
-            None if correlation_id is None else str(correlation_id),
-            None if causation_id is None else str(causation_id),
-            idempotency_key,
-            hashlib.sha256(state).hexdigest(),
-        ]
+    return Digester(recorded_at, actor, correlation_id, causation_id, idempotency_key).digest(
+        event_id, stream_id, stream_type, version, topic, schema_version, state
     )
-    return hashlib.sha256(canonical).digest()
+
+
+class Digester:
+    """content_digest for the events of one append, which share their metadata: the
+    metadata is rendered once, each event then costs its own fields only."""
+
+    __slots__ = ("_actor", "_causation", "_correlation", "_key", "_recorded_at", "_streams")
+
+    def __init__(
+        self,
+        recorded_at: datetime,
+        actor: str | None,
+        correlation_id: UUID | None,
+        causation_id: UUID | None,
+        idempotency_key: str | None,
+    ) -> None:
+        assert recorded_at.tzinfo is not None, "recorded_at must be timezone-aware"
+        self._recorded_at = recorded_at.astimezone(UTC).isoformat(timespec="microseconds")
+        self._actor = actor
+        self._correlation = None if correlation_id is None else str(correlation_id)
+        self._causation = None if causation_id is None else str(causation_id)
+        self._key = idempotency_key
+        self._streams: dict[UUID, str] = {}
+
+    def digest(
+        self,
+        event_id: UUID,
+        stream_id: UUID,
+        stream_type: str,
+        version: int,
+        topic: str,
+        schema_version: int,
+        state: bytes,
+    ) -> bytes:
+        stream = self._streams.get(stream_id)
+        if stream is None:
+            stream = self._streams[stream_id] = str(stream_id)
+        canonical = _encoder.encode(
+            [
+                CANONICAL_FORMAT,
+                str(event_id),
+                stream,
+                stream_type,
+                version,
+                topic,
+                schema_version,
+                self._recorded_at,
+                self._actor,
+                self._correlation,
+                self._causation,
+                self._key,
+                hashlib.sha256(state).hexdigest(),
+            ]
+        )
+        return hashlib.sha256(canonical).digest()
 
 
 def link(prev_hash: bytes, digest: bytes) -> bytes:

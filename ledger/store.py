@@ -514,23 +514,19 @@ def _columns(
     recorded_at, actor, correlation_id, causation_id, idempotency_key = metadata
     tips = dict(heads)
     columns: list[list[Any]] = [[] for _ in range(10)]
+    digester = chain.Digester(recorded_at, actor, correlation_id, causation_id, idempotency_key)
     for event in events:
         tip = tips[event.stream_id]
         version = tip.version + 1
         state = encode(event.data, event.topic)
-        digest = chain.content_digest(
-            event_id=event.event_id,
-            stream_id=event.stream_id,
-            stream_type=event.stream_type,
-            version=version,
-            topic=event.topic,
-            schema_version=event.schema_version,
-            recorded_at=recorded_at,
-            actor=actor,
-            correlation_id=correlation_id,
-            causation_id=causation_id,
-            idempotency_key=idempotency_key,
-            state=state,
+        digest = digester.digest(
+            event.event_id,
+            event.stream_id,
+            event.stream_type,
+            version,
+            event.topic,
+            event.schema_version,
+            state,
         )
         event_hash = chain.link(tip.hash, digest)
         values = (
