@@ -76,6 +76,7 @@ AUDIT_ROLES: Final = (Role.AUDITOR, Role.ANALYST)
         summary="A stream's events",
         description="In version order, paged by `cursor`; `sequence` is null until the relay "
         "has numbered the event.",
+        errors=(404,),
     ),
 )
 async def stream_events(
