@@ -26,6 +26,7 @@ from litestar.status_codes import HTTP_200_OK, HTTP_503_SERVICE_UNAVAILABLE
 from nats.aio.client import Client as NatsClient
 
 from api import accounts, auth, events, instruments, orders, signals, strategies, users
+from api.audit import router as audit_router
 from api.errors import internal_error, problem_details_plugin
 from api.passwords import Passwords
 from api.registration import Registrar
@@ -145,6 +146,7 @@ def create_app(settings: Settings) -> Litestar:
             signals.router,
             orders.router,
             events.router,
+            audit_router,
         ],
         lifespan=[lifespan],
         state=State({"settings": settings}),
