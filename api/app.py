@@ -32,6 +32,7 @@ from api.passwords import Passwords
 from api.registration import Registrar
 from api.request_id import echo_request_id
 from api.security import openapi_components
+from api.state import router as state_router
 from api.tokens import TokenIssuer
 from commands.bootstrap import bootstrap
 from ledger.settings import Settings
@@ -147,6 +148,7 @@ def create_app(settings: Settings) -> Litestar:
             orders.router,
             events.router,
             audit_router,
+            state_router,
         ],
         lifespan=[lifespan],
         state=State({"settings": settings}),
