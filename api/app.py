@@ -28,6 +28,8 @@ from nats.aio.client import Client as NatsClient
 from api import accounts, auth, events, instruments, orders, signals, strategies, users
 from api.audit import router as audit_router
 from api.errors import internal_error, problem_details_plugin
+from api.live import end_live_streams
+from api.live import router as live_router
 from api.passwords import Passwords
 from api.registration import Registrar
 from api.request_id import echo_request_id
@@ -130,6 +132,7 @@ def create_app(settings: Settings) -> Litestar:
                 app.state.registrar = Registrar(pool, ledger, passwords)
                 yield
             finally:
+                end_live_streams(app)
                 passwords.close()
                 await _close_nats(client)
         finally:
@@ -149,6 +152,7 @@ def create_app(settings: Settings) -> Litestar:
             events.router,
             audit_router,
             state_router,
+            live_router,
         ],
         lifespan=[lifespan],
         state=State({"settings": settings}),
