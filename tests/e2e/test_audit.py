@@ -19,7 +19,7 @@ from ledger.domain.user import Role
 from ledger.settings import Settings
 from tests.conftest import Databases
 from tests.e2e.conftest import JWT_SECRET, Api, User, assert_problem
-from tests.e2e.sequencing import sequence_all
+from tests.sequencing import sequence_all
 
 VERIFY = "/api/v1/audit/verify"
 DIGESTS = "/api/v1/audit/digests"

@@ -21,8 +21,8 @@ from ledger.domain.user import Role
 from ledger.settings import Settings
 from tests.conftest import Databases
 from tests.e2e.conftest import JWT_SECRET
-from tests.e2e.sequencing import sequence_all
 from tests.e2e.served import PASSWORD, ServedApi
+from tests.sequencing import sequence_all
 
 READ_TIMEOUT_S: Final = 20.0
 LIVE_PATH: Final = "/api/v1/events/live"
