@@ -36,6 +36,7 @@ from api.events import (
 )
 from api.security import Principal, access
 from ledger import sequencer
+from ledger.audit import head_sequence
 from ledger.errors import StreamNotFoundError
 from ledger.store import EventStore, verify_stream_range
 
@@ -43,12 +44,6 @@ VERIFY_EVENTS_MAX: Final = 10_000
 VERIFY_EVENTS_DEFAULT: Final = 1_000
 STATEMENT_TIMEOUT_S: Final = 10.0
 HASH_PATTERN: Final = r"^[0-9a-f]{64}$"
-# The sequencer's own count, or the last row if that is further: a row deleted at the end
-# of ledger.sequence then shows as a missing sequence.
-_HEAD_SQL: Final = (
-    "SELECT greatest((SELECT sequenced FROM ledger.relay_state WHERE singleton), "
-    "(SELECT coalesce(max(sequence), 0) FROM ledger.sequence))"
-)
 
 
 class StreamBreakOut(msgspec.Struct, frozen=True, kw_only=True):
@@ -188,7 +183,7 @@ async def _verify_log(
     anchor: bytes | None,
 ) -> LogVerificationOut:
     async with pool.acquire() as connection:
-        head = await connection.fetchval(_HEAD_SQL, timeout=STATEMENT_TIMEOUT_S)
+        head = await head_sequence(connection)
         last = min(from_sequence + limit - 1, head, to_sequence or head)
         if last < from_sequence:
             # Nothing numbered in the range yet: an empty check that breaks nothing.

@@ -26,6 +26,8 @@ RANGE_SEQUENCES: Final = 10_000
 STREAM_BATCH: Final = 10_000
 STATEMENT_TIMEOUT_S: Final = 60.0
 
+# The sequencer's cursor, or the last row if that is further: a deleted last row of
+# ledger.sequence then shows as a missing sequence rather than a shorter log.
 _HEAD_SQL: Final = (
     "SELECT greatest((SELECT sequenced FROM ledger.relay_state WHERE singleton), "
     "(SELECT coalesce(max(sequence), 0) FROM ledger.sequence))"
