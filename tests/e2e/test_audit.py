@@ -18,7 +18,7 @@ from api.app import create_app
 from ledger.domain.user import Role
 from ledger.settings import Settings
 from tests.conftest import Databases
-from tests.e2e.conftest import JWT_SECRET, Api, User, assert_problem
+from tests.e2e.conftest import JWT_SECRET, PASSWORD, Api, User, assert_problem
 from tests.sequencing import sequence_all
 
 VERIFY = "/api/v1/audit/verify"
@@ -47,12 +47,27 @@ async def tampered_api(databases: Databases, nats_url: str) -> AsyncIterator[Api
         yield api
 
 
+_USERS: dict[tuple[int, Role], User] = {}
+
+
+async def user_of(api: Api, role: Role) -> User:
+    """One signed-in user per role and app: signing in costs an argon2 hash."""
+    key = (id(api), role)
+    if key not in _USERS:
+        _USERS[key] = await api.user(role)
+    return _USERS[key]
+
+
 async def account_with_deposits(api: Api, deposits: int) -> str:
-    admin = await api.user(Role.ADMIN)
-    trader = await api.user(Role.TRADER)
+    admin = await user_of(api, Role.ADMIN)
+    # An owner of its own (one account per user and currency), who never signs in.
+    registered = await api.client.post(
+        "/api/v1/auth/register", json={"email": api.new_email("owner"), "password": PASSWORD}
+    )
+    assert registered.status_code == 201, registered.text
     opened = await api.client.post(
         "/api/v1/accounts",
-        json={"user_id": trader.user_id, "currency": "USD"},
+        json={"user_id": registered.json()["user_id"], "currency": "USD"},
         headers=admin.headers,
     )
     assert opened.status_code == 201, opened.text
@@ -113,7 +128,7 @@ async def verify(api: Api, reader: User, **params: Any) -> dict[str, Any]:
 @pytest.mark.parametrize("role", AUDIT_ROLES)
 async def test_a_stream_verifies_page_by_page(audit_api: Api, role: Role) -> None:
     account_id = await account_with_deposits(audit_api, 4)
-    reader = await audit_api.user(role)
+    reader = await user_of(audit_api, role)
     first = await verify(audit_api, reader, stream_id=account_id, limit=2)
     assert first["ok"] is True
     assert first["log"] is None  # A stream alone, unless sequences are asked for.
@@ -132,7 +147,7 @@ async def test_a_stream_verifies_page_by_page(audit_api: Api, role: Role) -> Non
 async def test_the_global_chain_verifies_range_by_range(audit_api: Api, role: Role) -> None:
     await account_with_deposits(audit_api, 3)
     head = await sequenced(audit_api)
-    reader = await audit_api.user(role)
+    reader = await user_of(audit_api, role)
     whole = await verify(audit_api, reader)  # No stream named: the global chain from 1.
     assert whole["ok"] is True
     assert whole["stream"] is None
@@ -151,7 +166,7 @@ async def test_the_global_chain_verifies_range_by_range(audit_api: Api, role: Ro
 async def test_a_stream_and_a_range_at_once(audit_api: Api) -> None:
     account_id = await account_with_deposits(audit_api, 1)
     head = await sequenced(audit_api)
-    reader = await audit_api.user(Role.AUDITOR)
+    reader = await user_of(audit_api, Role.AUDITOR)
     both = await verify(audit_api, reader, stream_id=account_id, from_sequence=head)
     assert both["ok"] is True
     assert both["stream"]["checked"] == 2
@@ -161,7 +176,7 @@ async def test_a_stream_and_a_range_at_once(audit_api: Api) -> None:
 async def test_digests_are_paged_and_each_is_recomputed_from_the_events(audit_api: Api) -> None:
     await account_with_deposits(audit_api, 4)
     head = await sequenced(audit_api)
-    auditor = await audit_api.user(Role.AUDITOR)
+    auditor = await user_of(audit_api, Role.AUDITOR)
     digests: list[dict[str, Any]] = []
     cursor: str | None = None
     for _ in range(100):
@@ -203,7 +218,7 @@ async def test_digests_are_paged_and_each_is_recomputed_from_the_events(audit_ap
 
 @pytest.mark.parametrize("role", [Role.ADMIN, Role.TRADER, Role.EXECUTION])
 async def test_other_roles_cannot_verify(audit_api: Api, role: Role) -> None:
-    user = await audit_api.user(role)
+    user = await user_of(audit_api, role)
     for url in (VERIFY, DIGESTS):
         assert_problem(await audit_api.client.get(url, headers=user.headers), 403, "FORBIDDEN")
         assert_problem(await audit_api.client.get(url), 401, "TOKEN_MISSING")
@@ -229,13 +244,13 @@ async def test_other_roles_cannot_verify(audit_api: Api, role: Role) -> None:
 async def test_bad_input_is_a_400(
     audit_api: Api, url: str, params: dict[str, Any], code: str
 ) -> None:
-    auditor = await audit_api.user(Role.AUDITOR)
+    auditor = await user_of(audit_api, Role.AUDITOR)
     response = await audit_api.client.get(url, params=params, headers=auditor.headers)
     assert_problem(response, 400, code)
 
 
 async def test_an_unknown_stream_is_404(audit_api: Api) -> None:
-    auditor = await audit_api.user(Role.AUDITOR)
+    auditor = await user_of(audit_api, Role.AUDITOR)
     response = await audit_api.client.get(
         VERIFY,
         params={"stream_id": "00000000-0000-4000-8000-000000000009"},
@@ -259,7 +274,7 @@ async def test_a_changed_digest_is_found_at_its_last_sequence(tampered_api: Api)
         "UPDATE ledger.digests SET global_hash = sha256(global_hash) WHERE last_sequence = $1",
         last,
     )
-    auditor = await api.user(Role.AUDITOR)
+    auditor = await user_of(api, Role.AUDITOR)
     found = await verify(api, auditor, from_sequence=last - DIGEST_EVERY + 1, to_sequence=last)
     assert found["log"]["broken"]["sequence"] == last
     assert "digest" in found["log"]["broken"]["reason"]
@@ -287,7 +302,7 @@ async def test_a_changed_byte_is_found_at_its_version_and_sequence(
         "WHERE originator_id = $1 AND originator_version = 3",
         account_id,
     )
-    auditor = await api.user(Role.AUDITOR)
+    auditor = await user_of(api, Role.AUDITOR)
     found = await verify(
         api,
         auditor,
@@ -319,7 +334,7 @@ async def test_a_changed_global_hash_is_found_at_its_sequence(tampered_api: Api)
         "UPDATE ledger.sequence SET global_hash = sha256(global_hash) WHERE sequence = $1",
         numbers[2],
     )
-    auditor = await api.user(Role.AUDITOR)
+    auditor = await user_of(api, Role.AUDITOR)
     found = await verify(api, auditor, from_sequence=numbers[1], to_sequence=numbers[3])
     assert found["log"]["broken"]["sequence"] == numbers[2]
     assert "global_hash" in found["log"]["broken"]["reason"]
@@ -333,7 +348,7 @@ async def test_a_deleted_sequence_row_is_found_missing(tampered_api: Api) -> Non
     await sequenced(api)
     numbers = await sequences_of(api, account_id)
     await tamper(api, "DELETE FROM ledger.sequence WHERE sequence = $1", numbers[2])
-    auditor = await api.user(Role.AUDITOR)
+    auditor = await user_of(api, Role.AUDITOR)
     found = await verify(api, auditor, from_sequence=numbers[1], to_sequence=numbers[3])
     assert found["log"]["broken"]["sequence"] == numbers[2]
     assert "missing" in found["log"]["broken"]["reason"]
