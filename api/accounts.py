@@ -11,7 +11,7 @@ from litestar.params import FromPath, JSONBody
 from litestar.status_codes import HTTP_201_CREATED
 
 from api.commanding import Command, run_command, token_of
-from api.errors import ApiProblem
+from api.errors import COMMAND_ERRORS, ApiProblem
 from api.schemas import (
     AccountOpenedOut,
     DepositOut,
@@ -35,6 +35,7 @@ from ledger.domain.user import Role
         Role.TRADER,
         summary="Open a cash account",
         description="One account per user and currency. A trader may open only their own.",
+        errors=COMMAND_ERRORS,
     ),
 )
 async def open_account(
@@ -67,7 +68,12 @@ async def open_account(
 @post(
     "/{account_id:uuid}/deposits",
     status_code=HTTP_201_CREATED,
-    **access(Role.ADMIN, summary="Deposit cash", description="Credits the account's cash."),
+    **access(
+        Role.ADMIN,
+        summary="Deposit cash",
+        description="Credits the account's cash.",
+        errors=COMMAND_ERRORS,
+    ),
 )
 async def deposit(
     request: Request[Principal, Any, State],

@@ -25,8 +25,11 @@ from nats.aio.client import Client as NatsClient
 from opentelemetry.trace import TracerProvider
 
 from api import accounts, auth, events, instruments, orders, signals, strategies, users
+from api.audit import router as audit_router
 from api.errors import internal_error, problem_details_plugin
 from api.limits import rate_limits
+from api.live import end_live_streams
+from api.live import router as live_router
 from api.logs import log_request, timed
 from api.metrics import MetricsController, command_executed, http_metrics
 from api.ops import health, ready
@@ -36,6 +39,7 @@ from api.queries import route_handlers as query_route_handlers
 from api.registration import Registrar
 from api.request_id import echo_request_id
 from api.security import openapi_components
+from api.state import router as state_router
 from api.tokens import TokenIssuer
 from api.tracing import name_server_span, opentelemetry_plugin
 from commands.bootstrap import bootstrap
@@ -93,6 +97,7 @@ def create_app(settings: Settings, *, tracer_provider: TracerProvider | None = N
                 app.state.registrar = Registrar(pool, ledger, passwords)
                 yield
             finally:
+                end_live_streams(app)
                 passwords.close()
                 await _close_nats(client)
         finally:
@@ -111,6 +116,9 @@ def create_app(settings: Settings, *, tracer_provider: TracerProvider | None = N
             signals.router,
             orders.router,
             events.router,
+            audit_router,
+            state_router,
+            live_router,
             # After the routers: GET /api/v1/orders joins their POST route (api/queries).
             *query_route_handlers,
         ],

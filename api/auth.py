@@ -24,7 +24,7 @@ from litestar.status_codes import HTTP_200_OK, HTTP_201_CREATED, HTTP_204_NO_CON
 from api import credentials
 from api.commanding import command_context
 from api.consistency import encode_token
-from api.errors import ApiProblem
+from api.errors import ApiProblem, problem_responses
 from api.passwords import Passwords
 from api.registration import Registrar
 from api.schemas import (
@@ -57,6 +57,7 @@ LOCKOUT_RETRY_AFTER_S: Final = 900
     summary="Register a trader",
     description="Creates a user with the trader role. Anyone may call it.",
     security=[],
+    responses=problem_responses(400, 409, 413, 422, 429),
 )
 async def register(
     request: Request[Any, Any, State], data: JSONBody[RegisterRequest]
@@ -79,7 +80,13 @@ async def register(
     )
 
 
-@post("/token", status_code=HTTP_200_OK, summary="Sign in", security=[])
+@post(
+    "/token",
+    status_code=HTTP_200_OK,
+    summary="Sign in",
+    security=[],
+    responses=problem_responses(400, 401, 413, 429),
+)
 async def token(request: Request[Any, Any, State], data: JSONBody[TokenRequest]) -> TokenPair:
     """Email and password for an access token and a refresh token."""
     state = request.app.state
@@ -113,7 +120,13 @@ def _lookup_email(email: str) -> str:
         return email.strip().lower()
 
 
-@post("/refresh", status_code=HTTP_200_OK, summary="Rotate a refresh token", security=[])
+@post(
+    "/refresh",
+    status_code=HTTP_200_OK,
+    summary="Rotate a refresh token",
+    security=[],
+    responses=problem_responses(400, 401, 413, 429),
+)
 async def refresh(request: Request[Any, Any, State], data: JSONBody[RefreshRequest]) -> TokenPair:
     """A new token pair for a refresh token, which is then spent. Reuse revokes its family."""
     state = request.app.state
@@ -179,6 +192,7 @@ async def _issue_pair(
         *ALL_ROLES,
         summary="Sign out",
         description="Revokes this access token and, if given, the refresh token's whole family.",
+        errors=(413,),
     ),
 )
 async def logout(

@@ -13,8 +13,10 @@ import logging
 from collections.abc import Mapping
 from typing import Any, Final
 
+import msgspec
 from litestar import Request, Response
 from litestar.exceptions import HTTPException, ValidationException
+from litestar.openapi.datastructures import ResponseSpec
 from litestar.plugins.problem_details import (
     ProblemDetailsConfig,
     ProblemDetailsException,
@@ -31,6 +33,7 @@ from litestar.status_codes import (
     HTTP_422_UNPROCESSABLE_ENTITY,
     HTTP_429_TOO_MANY_REQUESTS,
     HTTP_500_INTERNAL_SERVER_ERROR,
+    HTTP_503_SERVICE_UNAVAILABLE,
 )
 
 from api.request_id import request_id_of
@@ -82,6 +85,61 @@ _LEDGER_STATUSES: Final[tuple[tuple[type[LedgerError], int], ...]] = (
     (DuplicateEventError, HTTP_409_CONFLICT),
     (EventTooLargeError, HTTP_413_REQUEST_ENTITY_TOO_LARGE),
 )
+
+
+# What each documented error status means, as the OpenAPI document says it.
+_STATUS_DESCRIPTIONS: Final[Mapping[int, str]] = {
+    HTTP_400_BAD_REQUEST: "Malformed or invalid input (VALIDATION_ERROR names the fields).",
+    HTTP_401_UNAUTHORIZED: "No valid access token (TOKEN_MISSING, TOKEN_EXPIRED, ...).",
+    HTTP_403_FORBIDDEN: "The caller's role, or ownership, does not allow this.",
+    HTTP_404_NOT_FOUND: "What the request names does not exist.",
+    HTTP_409_CONFLICT: "Conflicts with the current state or an earlier request.",
+    HTTP_413_REQUEST_ENTITY_TOO_LARGE: "The request body is over 64 KiB.",
+    HTTP_422_UNPROCESSABLE_ENTITY: "Well-formed, but refused by a business rule.",
+    HTTP_429_TOO_MANY_REQUESTS: "Too many requests; see Retry-After.",
+    HTTP_503_SERVICE_UNAVAILABLE: "Temporarily unable to answer; see Retry-After.",
+}
+# Commands can be refused by the domain and the ledger in all of these ways.
+COMMAND_ERRORS: Final = (
+    HTTP_404_NOT_FOUND,
+    HTTP_409_CONFLICT,
+    HTTP_413_REQUEST_ENTITY_TOO_LARGE,
+    HTTP_422_UNPROCESSABLE_ENTITY,
+)
+
+
+class FieldProblem(msgspec.Struct, frozen=True, kw_only=True):
+    """One invalid input: where it was (body, query, path, header), which, and why."""
+
+    field: str
+    source: str
+    message: str
+
+
+class Problem(msgspec.Struct, frozen=True, kw_only=True):
+    """The body of every error answer, as `ApiProblem.to_response` writes it (OpenAPI only)."""
+
+    type: str
+    title: str
+    status: int
+    detail: str
+    instance: str
+    code: str
+    request_id: str
+    errors: list[FieldProblem] | None = None
+
+
+def problem_responses(*statuses: int) -> dict[int, ResponseSpec]:
+    """OpenAPI responses for these error statuses, each a problem+json `Problem`."""
+    return {
+        status: ResponseSpec(
+            data_container=Problem,
+            description=_STATUS_DESCRIPTIONS[status],
+            media_type="application/problem+json",
+            generate_examples=False,
+        )
+        for status in sorted(set(statuses))
+    }
 
 
 class ApiProblem(ProblemDetailsException):

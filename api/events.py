@@ -25,7 +25,7 @@ from litestar.datastructures import State
 from litestar.params import FromPath, FromQuery, QueryParameter
 
 from api.errors import ApiProblem
-from api.schemas import EventOut, EventPage
+from api.schemas import NO_NUL_PATTERN, EventOut, EventPage
 from api.security import Principal, access
 from ledger.domain.user import Role
 
@@ -76,6 +76,7 @@ AUDIT_ROLES: Final = (Role.AUDITOR, Role.ANALYST)
         summary="A stream's events",
         description="In version order, paged by `cursor`; `sequence` is null until the relay "
         "has numbered the event.",
+        errors=(404,),
     ),
 )
 async def stream_events(
@@ -111,9 +112,13 @@ async def log_events(
     cursor: Annotated[str | None, QueryParameter(max_length=64)] = None,
     limit: Limit = PAGE_LIMIT_DEFAULT,
     stream_id: FromQuery[UUID | None] = None,
-    stream_type: Annotated[str | None, QueryParameter(max_length=64)] = None,
-    event_type: Annotated[str | None, QueryParameter(name="type", max_length=255)] = None,
-    actor: Annotated[str | None, QueryParameter(max_length=255)] = None,
+    stream_type: Annotated[
+        str | None, QueryParameter(max_length=64, pattern=NO_NUL_PATTERN)
+    ] = None,
+    event_type: Annotated[
+        str | None, QueryParameter(name="type", max_length=255, pattern=NO_NUL_PATTERN)
+    ] = None,
+    actor: Annotated[str | None, QueryParameter(max_length=255, pattern=NO_NUL_PATTERN)] = None,
     correlation_id: FromQuery[UUID | None] = None,
     recorded_from: FromQuery[datetime | None] = None,
     recorded_before: FromQuery[datetime | None] = None,

@@ -10,6 +10,7 @@ from litestar.params import JSONBody
 from litestar.status_codes import HTTP_201_CREATED
 
 from api.commanding import Command, run_command, token_of
+from api.errors import COMMAND_ERRORS
 from api.schemas import InstrumentListedOut, ListInstrumentRequest, to_decimal
 from api.security import Principal, access
 from commands import instruments
@@ -24,6 +25,7 @@ from ledger.domain.user import Role
         Role.ADMIN,
         summary="List an instrument",
         description="Symbol, currency, tick and lot sizes and precisions. SYMBOL_TAKEN if listed.",
+        errors=COMMAND_ERRORS,
     ),
 )
 async def list_instrument(

@@ -17,6 +17,7 @@ from litestar.status_codes import HTTP_201_CREATED, HTTP_202_ACCEPTED
 
 from api import ownership
 from api.commanding import Command, run_command, token_of
+from api.errors import COMMAND_ERRORS
 from api.schemas import (
     CancelOrderRequest,
     FillOrderRequest,
@@ -44,6 +45,7 @@ def _optional(value: str | None) -> Any:
         summary="Place an order",
         description="On one of the caller's accounts. Risk checks run now: the answer says "
         "`accepted` or `rejected` (with `reason_code`).",
+        errors=COMMAND_ERRORS,
     ),
 )
 async def place_order(
@@ -97,7 +99,10 @@ def _order_out(order_id: UUID, result: CommandResult) -> OrderOut:
     "/{order_id:uuid}/cancel",
     status_code=HTTP_202_ACCEPTED,
     **access(
-        Role.TRADER, summary="Cancel an order", description="One of the caller's open orders."
+        Role.TRADER,
+        summary="Cancel an order",
+        description="One of the caller's open orders.",
+        errors=COMMAND_ERRORS,
     ),
 )
 async def cancel_order(
@@ -124,6 +129,7 @@ async def cancel_order(
         Role.EXECUTION,
         summary="Report a fill",
         description="From the execution venue: books the trade, moves the position and cash.",
+        errors=COMMAND_ERRORS,
     ),
 )
 async def fill_order(

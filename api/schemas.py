@@ -22,22 +22,25 @@ from ledger.domain.signal import SignalAction
 from ledger.domain.user import Role
 
 DECIMAL_PATTERN: Final = r"^-?[0-9]{1,20}(\.[0-9]{1,18})?$"
+# PostgreSQL text and jsonb cannot hold a NUL character: refuse it at the edge (400), rather
+# than fail the query (500) or park the projection that stores it.
+NO_NUL_PATTERN: Final = r"^[^\x00]*$"
 
 DecimalString = Annotated[
     str,
     Meta(pattern=DECIMAL_PATTERN, max_length=40, description="A decimal number as a string"),
 ]
-Email = Annotated[str, Meta(min_length=3, max_length=254)]
+Email = Annotated[str, Meta(min_length=3, max_length=254, pattern=NO_NUL_PATTERN)]
 Password = Annotated[str, Meta(min_length=12, max_length=128)]
-Name = Annotated[str, Meta(min_length=1, max_length=100)]
-Reason = Annotated[str, Meta(max_length=500)]
-Label = Annotated[str, Meta(min_length=1, max_length=64)]
+Name = Annotated[str, Meta(min_length=1, max_length=100, pattern=NO_NUL_PATTERN)]
+Reason = Annotated[str, Meta(max_length=500, pattern=NO_NUL_PATTERN)]
+Label = Annotated[str, Meta(min_length=1, max_length=64, pattern=NO_NUL_PATTERN)]
 Currency = Annotated[str, Meta(pattern=r"^[A-Z]{3,4}$")]
 IndicatorName = Annotated[str, Meta(pattern=r"^[a-z][a-z0-9_]{0,63}$")]
-RequiredReason = Annotated[str, Meta(min_length=1, max_length=500)]
+RequiredReason = Annotated[str, Meta(min_length=1, max_length=500, pattern=NO_NUL_PATTERN)]
 UtcTime = Annotated[datetime, Meta(tz=True)]
 Precision = Annotated[int, Meta(ge=0, le=10)]
-ParameterValue = Annotated[str, Meta(max_length=500)] | int | bool | None
+ParameterValue = Annotated[str, Meta(max_length=500, pattern=NO_NUL_PATTERN)] | int | bool | None
 
 
 def to_decimal(value: str) -> Decimal:
@@ -135,7 +138,7 @@ class AccountOpenedOut(msgspec.Struct, frozen=True, kw_only=True):
 
 class DepositRequest(Request, frozen=True, kw_only=True):
     amount: DecimalString
-    reference: Annotated[str, Meta(max_length=64)] = ""
+    reference: Annotated[str, Meta(max_length=64, pattern=NO_NUL_PATTERN)] = ""
 
 
 class DepositOut(msgspec.Struct, frozen=True, kw_only=True):
@@ -145,7 +148,7 @@ class DepositOut(msgspec.Struct, frozen=True, kw_only=True):
 
 
 class ListInstrumentRequest(Request, frozen=True, kw_only=True):
-    symbol: Annotated[str, Meta(min_length=1, max_length=32)]
+    symbol: Annotated[str, Meta(min_length=1, max_length=32, pattern=NO_NUL_PATTERN)]
     currency: Currency
     tick_size: DecimalString
     lot_size: DecimalString

@@ -21,7 +21,7 @@ from litestar.middleware.base import DefineMiddleware
 from litestar.openapi.spec import Components, SecurityRequirement, SecurityScheme
 
 from api import credentials
-from api.errors import ApiProblem
+from api.errors import ApiProblem, problem_responses
 from api.tokens import AccessClaims, TokenIssuer, unauthenticated
 from ledger.domain.user import Role
 
@@ -99,8 +99,16 @@ def forbidden(role: Role, allowed: Iterable[Role]) -> ApiProblem:
     return ApiProblem(403, "FORBIDDEN", f"role {role.value} may not do this (allowed: {names})")
 
 
-def access(*roles: Role, summary: str, description: str = "") -> dict[str, Any]:
-    """Route keyword arguments: the roles admitted, and the same roles in OpenAPI."""
+# Any protected route can refuse input, a missing or bad token, and a role.
+# 429: every protected route is rate limited (api/limits.py).
+PROTECTED_ERRORS: Final = (400, 401, 403, 429)
+
+
+def access(
+    *roles: Role, summary: str, description: str = "", errors: Iterable[int] = ()
+) -> dict[str, Any]:
+    """Route keyword arguments: the roles admitted, and the same roles in OpenAPI, with the
+    error statuses the route may answer (`errors`, beyond those of every protected route)."""
     assert roles, "a protected route admits at least one role"
     names = ", ".join(role.value for role in roles)
     text = f"{description}\n\n**Roles:** {names}".strip()
@@ -111,6 +119,7 @@ def access(*roles: Role, summary: str, description: str = "") -> dict[str, Any]:
         "summary": summary,
         "description": text,
         "security": SECURITY,
+        "responses": problem_responses(*PROTECTED_ERRORS, *errors),
     }
 
 

@@ -11,6 +11,7 @@ from litestar.status_codes import HTTP_201_CREATED
 
 from api import ownership
 from api.commanding import Command, run_command, token_of
+from api.errors import COMMAND_ERRORS
 from api.schemas import EmitSignalRequest, SignalEmittedOut, to_decimal
 from api.security import Principal, access, principal_of
 from commands import signals
@@ -25,6 +26,7 @@ from ledger.domain.user import Role
         Role.TRADER,
         summary="Emit a signal",
         description="The strategy must be the caller's own and active.",
+        errors=COMMAND_ERRORS,
     ),
 )
 async def emit_signal(

@@ -11,6 +11,7 @@ from litestar.params import FromPath, JSONBody
 from litestar.status_codes import HTTP_200_OK, HTTP_201_CREATED
 
 from api.commanding import Command, run_command, token_of
+from api.errors import COMMAND_ERRORS
 from api.schemas import CreateStrategyRequest, StrategyCreatedOut, StrategyStateOut
 from api.security import Principal, access, principal_of
 from commands import strategies
@@ -25,6 +26,7 @@ from ledger.domain.user import Role
         Role.ADMIN,
         summary="Create a strategy",
         description="Created inactive; `owner_id` (default: the caller) may emit its signals.",
+        errors=COMMAND_ERRORS,
     ),
 )
 async def create_strategy(
@@ -50,7 +52,12 @@ async def create_strategy(
 @post(
     "/{strategy_id:uuid}/activate",
     status_code=HTTP_200_OK,
-    **access(Role.ADMIN, summary="Activate a strategy", description="It may emit signals."),
+    **access(
+        Role.ADMIN,
+        summary="Activate a strategy",
+        description="It may emit signals.",
+        errors=COMMAND_ERRORS,
+    ),
 )
 async def activate_strategy(
     request: Request[Principal, Any, State], strategy_id: FromPath[UUID]
@@ -70,7 +77,12 @@ async def activate_strategy(
 @post(
     "/{strategy_id:uuid}/deactivate",
     status_code=HTTP_200_OK,
-    **access(Role.ADMIN, summary="Deactivate a strategy", description="It stops emitting."),
+    **access(
+        Role.ADMIN,
+        summary="Deactivate a strategy",
+        description="It stops emitting.",
+        errors=COMMAND_ERRORS,
+    ),
 )
 async def deactivate_strategy(
     request: Request[Principal, Any, State], strategy_id: FromPath[UUID]

@@ -16,6 +16,7 @@ from litestar.params import FromPath, JSONBody
 from litestar.status_codes import HTTP_200_OK
 
 from api.commanding import Command, run_command, token_of
+from api.errors import COMMAND_ERRORS
 from api.passwords import Passwords
 from api.registration import Registrar
 from api.schemas import (
@@ -47,6 +48,7 @@ async def me(request: Request[Principal, Any, State]) -> UserOut:
         *ALL_ROLES,
         summary="Change my password",
         description="Needs the current password. Signs out every session, this one included.",
+        errors=COMMAND_ERRORS,
     ),
 )
 async def change_password(
@@ -73,7 +75,12 @@ async def change_password(
 @post(
     "/{user_id:uuid}/role",
     status_code=HTTP_200_OK,
-    **access(Role.ADMIN, summary="Change a user's role", description="Revokes their sessions."),
+    **access(
+        Role.ADMIN,
+        summary="Change a user's role",
+        description="Revokes their sessions.",
+        errors=COMMAND_ERRORS,
+    ),
 )
 async def change_role(
     request: Request[Principal, Any, State],
@@ -94,7 +101,12 @@ async def change_role(
 @post(
     "/{user_id:uuid}/disable",
     status_code=HTTP_200_OK,
-    **access(Role.ADMIN, summary="Disable a user", description="Final; revokes their sessions."),
+    **access(
+        Role.ADMIN,
+        summary="Disable a user",
+        description="Final; revokes their sessions.",
+        errors=COMMAND_ERRORS,
+    ),
 )
 async def disable_user(
     request: Request[Principal, Any, State],

@@ -170,13 +170,27 @@ class ChainedEvent(Protocol):
     def hash(self) -> bytes: ...
 
 
-def verify_chain(stream_id: UUID, events: Sequence[ChainedEvent]) -> Verification:
-    """Recompute a stream's chain from version 1; report the first event that disagrees."""
-    previous = GENESIS
-    for expected_version, event in enumerate(events, start=1):
-        broken = _check(event, expected_version, previous)
+def verify_chain(
+    stream_id: UUID,
+    events: Sequence[ChainedEvent],
+    *,
+    first_version: int = 1,
+    previous_hash: bytes = GENESIS,
+) -> Verification:
+    """Recompute a stream's chain from `first_version`; report the first event that disagrees.
+
+    From version 1 the chain starts at GENESIS. A later start takes `previous_hash`, the
+    stored hash of version first_version - 1, on trust: the range that holds that event
+    checks it, so consecutive ranges from version 1 check every event.
+    """
+    assert first_version >= 1, first_version
+    assert len(previous_hash) == 32, previous_hash
+    assert first_version > 1 or previous_hash == GENESIS, "version 1 follows GENESIS"
+    previous = previous_hash
+    for offset, event in enumerate(events):
+        broken = _check(event, first_version + offset, previous)
         if broken is not None:
-            return Verification(stream_id, expected_version - 1, broken)
+            return Verification(stream_id, offset, broken)
         previous = event.hash
     return Verification(stream_id, len(events), None)
 

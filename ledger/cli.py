@@ -1,4 +1,4 @@
-"""The `ledger` command: dev, serve, migrate, relay, project, users create.
+"""The `ledger` command: dev, serve, migrate, relay, project, users create, audit verify.
 
 Options override the LEDGER_* environment variables of the same meaning. Each command
 imports its machinery lazily so that `ledger --help` stays instant.
@@ -41,6 +41,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _project(settings, arguments.names, arguments.rebuild)
     if command == "users":
         return _create_user(settings, arguments.email, arguments.role)
+    if command == "audit":
+        return _audit_verify(settings, arguments.from_sequence)
     assert command == "migrate"
     return _migrate(settings)
 
@@ -77,6 +79,16 @@ def _parser() -> argparse.ArgumentParser:
         "--role", required=True, choices=["admin", "trader", "analyst", "auditor", "execution"]
     )
     create.add_argument("--database-url", help="PostgreSQL URL (LEDGER_DATABASE_URL)")
+
+    audit = commands.add_parser("audit", help="verify the log")
+    audit_commands = audit.add_subparsers(dest="audit_command", required=True)
+    verify = audit_commands.add_parser(
+        "verify", help="the global hash chain and digests, then every stream's chain"
+    )
+    verify.add_argument(
+        "--from-sequence", type=int, default=1, help="start of the global chain (default 1)"
+    )
+    verify.add_argument("--database-url", help="PostgreSQL URL (LEDGER_DATABASE_URL)")
     return parser
 
 
@@ -220,3 +232,53 @@ def _create_user(settings: Settings, email: str, role: str) -> int:
 
 if __name__ == "__main__":
     sys.exit(main())
+
+
+def _audit_verify(settings: Settings, from_sequence: int) -> int:
+    if settings.database_url is None:
+        print("ledger audit verify: set LEDGER_DATABASE_URL or --database-url", file=sys.stderr)
+        return 2
+    if from_sequence < 1:
+        print("ledger audit verify: --from-sequence starts at 1", file=sys.stderr)
+        return 2
+    return asyncio.run(_verify_all(settings.database_url, from_sequence))
+
+
+async def _verify_all(database_url: str, from_sequence: int) -> int:
+    import asyncpg
+
+    from ledger import audit
+
+    def sequences(last: int, head: int) -> None:
+        print(f"  global chain: {last} of {head} sequences", file=sys.stderr)
+
+    def events(count: int) -> None:
+        print(f"  streams: {count} events", file=sys.stderr)
+
+    connection = await asyncpg.connect(database_url)
+    try:
+        log = await audit.verify_log(connection, from_sequence=from_sequence, progress=sequences)
+        if log.broken is not None:
+            where = log.broken
+            print(
+                f"global chain: BROKEN at sequence {where.sequence} (position "
+                f"{where.position}): {where.reason}"
+            )
+            return 1
+        last = from_sequence + log.checked - 1
+        print(
+            f"global chain: sequences {from_sequence}..{last} ok, "
+            f"global hash {log.global_hash.hex()}"
+        )
+        streams = await audit.verify_streams(connection, progress=events)
+    finally:
+        await connection.close()
+    if streams.broken is not None:
+        broken = streams.broken
+        print(
+            f"stream {streams.stream_id}: BROKEN at version {broken.version} (position "
+            f"{broken.position}): {broken.reason}"
+        )
+        return 1
+    print(f"streams: {streams.streams} streams, {streams.events} events ok")
+    return 0

@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import signal
+import socket
 from collections.abc import Coroutine, Iterator, Mapping, Sequence
 from types import FrameType
 from typing import Any, Final, Literal
@@ -30,6 +31,7 @@ import uvloop
 from opentelemetry.sdk.trace import TracerProvider
 
 from api.app import create_app
+from api.live import end_live_streams
 from ledger.embedded import EmbeddedNats, EmbeddedPostgres, EmbeddedServer
 from ledger.migrate import migrate
 from ledger.settings import Settings
@@ -59,6 +61,12 @@ class _Server(uvicorn.Server):
     @contextlib.contextmanager
     def capture_signals(self) -> Iterator[None]:
         yield
+
+    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        # Live event streams never end by themselves, and uvicorn waits for open responses
+        # before it shuts the app's lifespan down: end them first, so connections drain.
+        end_live_streams(self.config.app)
+        await super().shutdown(sockets)
 
 
 class _Shutdown:

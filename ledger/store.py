@@ -572,3 +572,34 @@ def fingerprint_of(body: bytes) -> bytes:
 async def verify_stream(store: EventStore, stream_id: UUID) -> chain.Verification:
     """Recompute a stream's hash chain from the stored bytes; report the first break."""
     return chain.verify_chain(stream_id, await store.read_stream(stream_id))
+
+
+async def verify_stream_range(
+    store: EventStore, stream_id: UUID, *, first_version: int, limit: int
+) -> chain.Verification:
+    """Recompute versions first_version .. first_version + limit - 1 of a stream's chain.
+
+    The stored hash of version first_version - 1 is the starting point (see
+    `chain.verify_chain`). Raises StreamNotFoundError when the stream has no events.
+    """
+    assert first_version >= 1, first_version
+    assert 1 <= limit <= READ_BATCH_MAX, limit
+    anchor_version = first_version - 1
+    events = await store.read_stream(
+        stream_id,
+        after_version=max(anchor_version - 1, 0),
+        up_to_version=anchor_version + limit,
+    )
+    if anchor_version == 0:
+        return chain.verify_chain(stream_id, events)
+    if not events:
+        return chain.Verification(stream_id, 0, None)  # The stream ends before the range.
+    anchor, rest = events[0], events[1:]
+    if anchor.version != anchor_version:
+        missing = chain.Break(
+            anchor_version, anchor.position, f"version {anchor_version} is missing"
+        )
+        return chain.Verification(stream_id, 0, missing)
+    return chain.verify_chain(
+        stream_id, rest, first_version=first_version, previous_hash=anchor.hash
+    )

@@ -90,6 +90,7 @@ async def list_accounts(
     **query(
         *READERS,
         projection="accounts",
+        one=True,
         summary="An account and its balances",
         description="A trader sees their own accounts only (404 for any other).",
     ),

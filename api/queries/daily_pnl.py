@@ -91,6 +91,7 @@ async def list_daily_pnl(
     **query(
         *READERS,
         projection="daily_pnl",
+        one=True,
         owned_through="accounts",
         summary="One account's P&L on one day",
         description="404 on a day without trades, and for a trader on another's account.",

@@ -89,7 +89,7 @@ async def list_instruments(
 @get(
     "/api/v1/instruments/{instrument_id:uuid}",
     tags=["instruments"],
-    **query(*Role, projection="instruments", summary="An instrument"),
+    **query(*Role, projection="instruments", one=True, summary="An instrument"),
 )
 async def get_instrument(
     reader: NamedDependency[Reader], instrument_id: FromPath[UUID]

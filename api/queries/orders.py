@@ -147,6 +147,7 @@ async def list_orders(
     **query(
         *READERS,
         projection="orders",
+        one=True,
         owned_through="accounts",
         summary="An order and its fills",
         description=f"Fills in execution order, at most {FILLS_MAX} (the trades list, "

@@ -99,6 +99,7 @@ async def list_positions(
     **query(
         *READERS,
         projection="positions",
+        one=True,
         owned_through="accounts",
         summary="A position",
         description="A trader sees the positions of their own accounts only (404 for any other).",

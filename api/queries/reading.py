@@ -74,9 +74,14 @@ def query(
     owned_through: str | None = None,
     summary: str,
     description: str = "",
+    one: bool = False,
 ) -> dict[str, Any]:
-    """Route keyword arguments of a query: access(...) plus the projections it reads."""
-    kwargs = access(*roles, summary=summary, description=description)
+    """Route keyword arguments of a query: access(...) plus the projections it reads.
+
+    Every query may answer 503 (a `consistent_with` wait that ran out); `one` (a route that
+    gets one row by id) may answer 404."""
+    errors = (404, 503) if one else (503,)
+    kwargs = access(*roles, summary=summary, description=description, errors=errors)
     reads = Reads(projection=projection, owned_through=owned_through)
     kwargs["opt"] = {**kwargs["opt"], READS_OPT: reads}
     kwargs["dependencies"] = {"reader": Provide(provide_reader)}

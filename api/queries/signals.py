@@ -105,6 +105,7 @@ async def list_signals(
     **query(
         *READERS,
         projection="signals",
+        one=True,
         owned_through="strategies",
         summary="A signal",
         description="A trader sees the signals of their own strategies only (404 for any other).",

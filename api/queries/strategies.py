@@ -87,6 +87,7 @@ async def list_strategies(
     **query(
         *READERS,
         projection="strategies",
+        one=True,
         summary="A strategy",
         description="A trader sees the strategies they own only (404 for any other).",
     ),

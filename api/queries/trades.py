@@ -114,6 +114,7 @@ async def list_trades(
     **query(
         *READERS,
         projection="trades",
+        one=True,
         owned_through="accounts",
         summary="A trade",
         description="By its order and fill id. A trader sees the trades of their own "

@@ -83,7 +83,7 @@ async def list_users(
 @get(
     "/api/v1/users/{user_id:uuid}",
     tags=["users"],
-    **query(Role.ADMIN, projection="users", summary="A user"),
+    **query(Role.ADMIN, projection="users", one=True, summary="A user"),
 )
 async def get_user(reader: NamedDependency[Reader], user_id: FromPath[UUID]) -> UserView:
     row = await reader.row(Select(_SELECT).where("user_id = {}", user_id).statement())
