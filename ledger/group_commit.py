@@ -47,15 +47,20 @@ WITH input AS (
               correlation_id, causation_id, trace_context, ordinal)
 ),
 refused AS (
+    -- LATERAL with LIMIT: one index probe per stream whatever the table's statistics say
+    -- (as EXISTS sublinks, a generic plan made while the table was small hashed the whole
+    -- table on every execution; measured 11 -> 65 ms per statement as it grew to 14k rows).
     SELECT DISTINCT i.request FROM input i
-    WHERE i.first_of_stream AND (
-        (i.version > 1 AND NOT EXISTS (
-            SELECT 1 FROM ledger.events p
-            WHERE p.originator_id = i.stream_id AND p.originator_version = i.version - 1
-              AND p.hash = i.prev_hash))
-        OR EXISTS (
-            SELECT 1 FROM ledger.events n
-            WHERE n.originator_id = i.stream_id AND n.originator_version = i.version))
+    LEFT JOIN LATERAL (
+        SELECT p.hash FROM ledger.events p
+        WHERE p.originator_id = i.stream_id AND p.originator_version = i.version - 1
+        LIMIT 1) AS head ON true
+    LEFT JOIN LATERAL (
+        SELECT 1 AS taken FROM ledger.events n
+        WHERE n.originator_id = i.stream_id AND n.originator_version = i.version
+        LIMIT 1) AS next ON true
+    WHERE i.first_of_stream
+      AND ((i.version > 1 AND head.hash IS DISTINCT FROM i.prev_hash) OR next.taken = 1)
 )
 INSERT INTO ledger.events (
     originator_id, stream_type, originator_version, topic, state, event_id, schema_version,

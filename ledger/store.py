@@ -150,10 +150,14 @@ input AS (
               prev_hash, hash, first_of_stream)
 ),
 -- A stream whose head is not the one the writer named: the whole append is off.
+-- LATERAL with LIMIT keeps it one index probe per stream whatever the statistics say
+-- (see ledger/group_commit.py: a join planned on a small table hashed all of it).
 stale AS (
     SELECT 1 FROM input i
-    LEFT JOIN ledger.events p
-        ON p.originator_id = i.stream_id AND p.originator_version = i.version - 1
+    LEFT JOIN LATERAL (
+        SELECT p.hash FROM ledger.events p
+        WHERE p.originator_id = i.stream_id AND p.originator_version = i.version - 1
+        LIMIT 1) AS p ON true
     WHERE i.first_of_stream AND i.version > 1 AND p.hash IS DISTINCT FROM i.prev_hash
     LIMIT 1
 )"""
