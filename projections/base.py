@@ -56,11 +56,14 @@ Handlers = Mapping[type[Event], Handler]
 
 
 class Projection(msgspec.Struct, frozen=True, kw_only=True):
-    """A read model: its name (its checkpoint's key), its tables, its handlers."""
+    """A read model: its name (its checkpoint's key), its tables, its handlers (one
+    statement per event, the live path) and its page fold (`page()` makes a
+    projections.batch.Page, the rebuild's path)."""
 
     name: str
     tables: tuple[str, ...]
     handlers: Handlers
+    page: Callable[[], Any]
 
     @property
     def topics(self) -> frozenset[str]:
