@@ -121,9 +121,9 @@ class Page(batch.Page):
         return self.accounts.take()
 
     async def write(
-        self, connection: asyncpg.Connection, schema: str, types: batch.ColumnTypes, taken: Any
+        self, connection: asyncpg.Connection, schema: str, staging: batch.Staging, taken: Any
     ) -> None:
-        await self.accounts.write(connection, schema, types, taken)
+        await self.accounts.write(connection, schema, staging, taken)
 
 
 def _fold_opened(page: Page, event: AccountOpened, meta: batch.Meta) -> None:

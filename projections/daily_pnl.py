@@ -73,11 +73,16 @@ async def _booked(connection: asyncpg.Connection, event: TradeBooked, meta: Even
 # Page fold (projections/batch.py): a page's trades summed per (position, day), then per
 # (account, day) in one upsert joined to the page's and older position -> account rows.
 
+_SUMS_COLUMNS: Final = (
+    "position_id", "day", "realised_pnl", "fees", "trade_count", "bought_notional",
+    "sold_notional",
+)  # fmt: skip
+_STAGED_SUMS: Final = """(position_id uuid, day date, realised_pnl numeric, fees numeric,
+    trade_count integer, bought_notional numeric, sold_notional numeric)"""
 _SUMS_SQL: Final = """
 WITH s AS (
-    SELECT * FROM unnest($1::uuid[], $2::date[], $3::numeric[], $4::numeric[], $5::integer[],
-                         $6::numeric[], $7::numeric[])
-        AS s (position_id, day, realised_pnl, fees, trade_count, bought_notional, sold_notional)
+    DELETE FROM {staged} RETURNING position_id, day, realised_pnl, fees, trade_count,
+        bought_notional, sold_notional
 ), joined AS (
     SELECT p.account_id, s.* FROM s JOIN {schema}.daily_pnl_positions p USING (position_id)
 ), upserted AS (
@@ -109,17 +114,19 @@ class Page(batch.Page):
         return self.positions.take(), sums
 
     async def write(
-        self, connection: asyncpg.Connection, schema: str, types: batch.ColumnTypes, taken: Any
+        self, connection: asyncpg.Connection, schema: str, staging: batch.Staging, taken: Any
     ) -> None:
         positions, sums = taken
-        await self.positions.write(connection, schema, types, positions)
-        sql = _SUMS_SQL.format(schema=schema)
-        for part in batch.slices(list(sums.items())):
-            arrays: list[list[Any]] = [[key[0] for key, _ in part], [key[1] for key, _ in part]]
-            arrays += [[values[index] for _, values in part] for index in range(5)]
-            joined = await connection.fetchval(sql, *arrays, timeout=STATEMENT_TIMEOUT_S)
-            if joined != len(part):
-                raise ReadModelError(f"{len(part) - joined} trades on positions without an account")
+        await self.positions.write(connection, schema, staging, positions)
+        if not sums:
+            return
+        staged = await staging.made(connection, "staged_daily_sums", _STAGED_SUMS)
+        rows = [[position_id, day, *values] for (position_id, day), values in sums.items()]
+        await batch.copy_rows(connection, None, staged, _SUMS_COLUMNS, rows)
+        sql = _SUMS_SQL.format(schema=schema, staged=staged)
+        joined = await connection.fetchval(sql, timeout=STATEMENT_TIMEOUT_S)
+        if joined != len(rows):
+            raise ReadModelError(f"{len(rows) - joined} trades on positions without an account")
 
 
 def _fold_opened(page: Page, event: PositionOpened, meta: batch.Meta) -> None:
@@ -137,6 +144,9 @@ def _fold_booked(page: Page, event: TradeBooked, meta: batch.Meta) -> None:
     sums[3 if event.side is Side.BUY else 4] += batch.product(event.quantity, event.price)
 
 
+Page.COMPUTED = {
+    TradeBooked: frozenset({"realised_pnl_change", "fee", "quantity", "price", "executed_at"})
+}
 Page.FOLDS = {PositionOpened: _fold_opened, TradeBooked: _fold_booked}
 
 HANDLERS: Final[Handlers] = {PositionOpened: _opened, TradeBooked: _booked}

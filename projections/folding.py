@@ -15,7 +15,9 @@ from __future__ import annotations
 import asyncio
 import types
 import typing
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
+from datetime import datetime
+from decimal import Decimal
 from typing import Any, Final, Union
 from uuid import UUID
 
@@ -75,24 +77,27 @@ class Entry(msgspec.Struct, frozen=True, kw_only=True):
     postings: tuple[Posting, ...] = ()
 
 
-def _rebuild_type(field_type: Any) -> Any:
+def _read_as(field_type: Any, computed: bool) -> Any:
     """The type a logged event reads a field as: ids as their text (hashed in C, written
-    by asyncpg to uuid columns as they are), entries without the balance check."""
-    if field_type is UUID:
+    to uuid columns as they are), entries without the balance check, and numbers and
+    times as their JSON text too unless a fold computes with them (`computed`): a value
+    passed through to a row is never parsed, and goes in as PostgreSQL reads it."""
+    text_types = (UUID,) if computed else (UUID, Decimal, datetime)
+    if field_type in text_types:
         return str
     if field_type is JournalEntry:
         return Entry
-    if typing.get_origin(field_type) in (Union, types.UnionType) and UUID in typing.get_args(
-        field_type
+    if typing.get_origin(field_type) in (Union, types.UnionType) and any(
+        argument in text_types for argument in typing.get_args(field_type)
     ):
         return str | None
     return field_type
 
 
-def logged_class(event_class: type[Event]) -> type[Event]:
+def logged_class(event_class: type[Event], computed: Iterable[str] = ()) -> type[Event]:
     """The event class as a page reads it: tagged with its topic, carrying its place in
     the log as `sequence`, `stream_id` and `version` (so the event is its own batch.Meta),
-    ids as text and entries unchecked (_rebuild_type). Still an instance of the class."""
+    its fields read as _read_as says. Still an instance of the class."""
     annotations: dict[str, Any] = {"sequence": int, "stream_id": str, "version": int}
     defaults: dict[str, Any] = {
         "sequence": msgspec.field(name="@s"),
@@ -100,7 +105,7 @@ def logged_class(event_class: type[Event]) -> type[Event]:
         "version": msgspec.field(name="@v"),
     }
     for field in msgspec.structs.fields(event_class):
-        read_as = _rebuild_type(field.type)
+        read_as = _read_as(field.type, field.name in computed)
         if read_as is not field.type:
             annotations[field.name] = read_as
             if field.default is not msgspec.NODEFAULT:
@@ -132,18 +137,23 @@ class Folder:
         self.connections = list(connections)
         self.schemas = [check_schema(schema_of(projection.name)) for projection in projections]
         self.pages: list[batch.Page] = [projection.page() for projection in projections]
-        self.types = [batch.ColumnTypes() for _ in projections]
+        self.staging = [batch.Staging() for _ in projections]
         self.after = after
         self.folded = after
         self._writing: asyncio.Future[Any] | None = None
         # The logged class of each event class handled -> [(page, fold function)]
         self._routes: dict[type[Any], list[tuple[Any, Any]]] = {}
-        logged: dict[type[Event], type[Event]] = {}
+        computed: dict[type[Event], set[str]] = {}
+        for page in self.pages:
+            for event_class in page.FOLDS:
+                assert event_type(event_class.topic()) is event_class, event_class
+                computed.setdefault(event_class, set()).update(page.COMPUTED.get(event_class, ()))
+        logged = {
+            event_class: logged_class(event_class, fields)
+            for event_class, fields in computed.items()
+        }
         for page in self.pages:
             for event_class, fold in page.FOLDS.items():
-                assert event_type(event_class.topic()) is event_class, event_class
-                if event_class not in logged:
-                    logged[event_class] = logged_class(event_class)
                 self._routes.setdefault(logged[event_class], []).append((page, fold))
         self.topics = sorted(event_class.topic() for event_class in logged)
         self._decoder = msgspec.json.Decoder(list[Union[Skipped, *logged.values()]])  # type: ignore[valid-type]
@@ -190,8 +200,14 @@ class Folder:
     async def _write(self, index: int, before: int, after: int, taken: Any) -> None:
         connection, schema = self.connections[index], self.schemas[index]
         name = self.projections[index].name
+        in_swap = connection.is_in_transaction()
         async with connection.transaction():
-            await self.pages[index].write(connection, schema, self.types[index], taken)
+            if not in_swap:
+                # A page's commit need not wait for its WAL to reach disk: until the swap
+                # (whose commit waits, as ever) nothing reads these tables, and a crash
+                # only loses a rebuild to run again.
+                await connection.execute("SET LOCAL synchronous_commit = off")
+            await self.pages[index].write(connection, schema, self.staging[index], taken)
             status = await connection.execute(
                 _MOVE_CHECKPOINT_SQL.format(schema=schema),
                 name,

@@ -88,15 +88,17 @@ _STATUS, _STATUS_REASON, _UPDATED_AT, _VERSION = (
 
 class Page(batch.Page):
     def __init__(self) -> None:
-        self.instruments = batch.Rows("instruments", COLUMNS, "instrument_id")
+        self.instruments = batch.Rows(
+            "instruments", COLUMNS, "instrument_id", free_text=("symbol", "status_reason")
+        )
 
     def taken(self) -> Any:
         return self.instruments.take()
 
     async def write(
-        self, connection: asyncpg.Connection, schema: str, types: batch.ColumnTypes, taken: Any
+        self, connection: asyncpg.Connection, schema: str, staging: batch.Staging, taken: Any
     ) -> None:
-        await self.instruments.write(connection, schema, types, taken)
+        await self.instruments.write(connection, schema, staging, taken)
 
 
 def _fold_listed(page: Page, event: InstrumentListed, meta: batch.Meta) -> None:

@@ -174,18 +174,26 @@ _NEW, _ACCEPTED, _FILLED, _PARTIALLY_FILLED = (
 
 class Page(batch.Page):
     def __init__(self) -> None:
-        self.orders = batch.Rows("orders", COLUMNS, "order_id", _ADDS)
-        self.fills = batch.Rows("order_fills", FILL_COLUMNS, ("order_id", "fill_id"))
+        self.orders = batch.Rows(
+            "orders",
+            COLUMNS,
+            "order_id",
+            _ADDS,
+            free_text=("client_order_id", "reason_code", "reason"),
+        )
+        self.fills = batch.Rows(
+            "order_fills", FILL_COLUMNS, ("order_id", "fill_id"), free_text=("fill_id", "venue")
+        )
 
     def taken(self) -> Any:
         return self.orders.take(), self.fills.take()
 
     async def write(
-        self, connection: asyncpg.Connection, schema: str, types: batch.ColumnTypes, taken: Any
+        self, connection: asyncpg.Connection, schema: str, staging: batch.Staging, taken: Any
     ) -> None:
         orders, fills = taken
-        await self.orders.write(connection, schema, types, orders)
-        await self.fills.write(connection, schema, types, fills)
+        await self.orders.write(connection, schema, staging, orders)
+        await self.fills.write(connection, schema, staging, fills)
 
 
 def _fold_placed(page: Page, event: OrderPlaced, meta: batch.Meta) -> None:
@@ -258,6 +266,10 @@ def _fold_filled(page: Page, event: OrderPartiallyFilled | OrderFilled, meta: ba
     )  # fmt: skip
 
 
+Page.COMPUTED = {
+    OrderPartiallyFilled: frozenset({"cash_amount"}),
+    OrderFilled: frozenset({"cash_amount"}),
+}
 Page.FOLDS = {
     OrderPlaced: _fold_placed,
     OrderAccepted: _fold_accepted,

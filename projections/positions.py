@@ -150,11 +150,8 @@ PRECISIONS_MAX: Final = 100_000
 # no price precision: the live statement fails on either, and so does a page.
 _CHANGE_SQL: Final = """
 WITH s AS (
-    SELECT * FROM unnest($1::uuid[], $2::numeric[], $3::numeric[], $4::numeric[],
-                         $5::numeric[], $6::numeric[], $7::integer[], $8::timestamptz[],
-                         $9::bigint[])
-        AS s (position_id, quantity, cost_basis, realised_pnl, fees_paid, reserved_quantity,
-              trade_count, updated_at, version)
+    DELETE FROM {staged} RETURNING position_id, quantity, cost_basis, realised_pnl,
+        fees_paid, reserved_quantity, trade_count, updated_at, version
 ), changed AS (
     UPDATE {schema}.positions p SET
         quantity = p.quantity + s.quantity,
@@ -179,8 +176,11 @@ WITH s AS (
 )
 SELECT count(*) FILTER (WHERE traded), count(*) FILTER (WHERE traded AND unlisted)
 FROM changed"""
-_CHANGE_COLUMNS: Final = (_QUANTITY, _COST_BASIS, _REALISED_PNL, _FEES_PAID, _RESERVED_QUANTITY,
-                          _TRADE_COUNT, _UPDATED_AT, _VERSION)  # fmt: skip
+_CHANGE_COLUMNS: Final = tuple(
+    COLUMNS.index(name)
+    for name in ("position_id", "quantity", "cost_basis", "realised_pnl", "fees_paid",
+                 "reserved_quantity", "trade_count", "updated_at", "version")
+)  # fmt: skip
 
 
 def divide_half_even(numerator: Decimal, denominator: Decimal, digits: int) -> Decimal:
@@ -207,30 +207,37 @@ class Page(batch.Page):
         return self.instruments.take(), self.positions.take(), traded
 
     async def write(
-        self, connection: asyncpg.Connection, schema: str, types: batch.ColumnTypes, taken: Any
+        self, connection: asyncpg.Connection, schema: str, staging: batch.Staging, taken: Any
     ) -> None:
         instruments, (created, changed), traded = taken
-        await self.instruments.write(connection, schema, types, instruments)
+        await self.instruments.write(connection, schema, staging, instruments)
         if changed:
-            await self._change(connection, schema, changed)
+            await self._change(connection, schema, staging, changed)
         if traded:
             await self._average_costs(connection, schema, created, traded)
-        await self.positions.write(connection, schema, types, (created, {}))
+        await self.positions.write(connection, schema, staging, (created, {}))
 
     async def _change(
-        self, connection: asyncpg.Connection, schema: str, changed: dict[str, list[Any]]
+        self,
+        connection: asyncpg.Connection,
+        schema: str,
+        staging: batch.Staging,
+        changed: dict[str, list[Any]],
     ) -> None:
-        sql = _CHANGE_SQL.format(schema=schema, extra=AVERAGE_COST_EXTRA_DIGITS)
-        for part in batch.slices(list(changed.items())):
-            arrays = [[key for key, _ in part]]
-            arrays += [[row[index] for _, row in part] for index in _CHANGE_COLUMNS]
-            traded, unlisted = await connection.fetchrow(sql, *arrays, timeout=STATEMENT_TIMEOUT_S)
-            wanted = sum(1 for _, row in part if row[_TRADE_COUNT] > 0)
-            if traded != wanted or unlisted:
-                raise ReadModelError(
-                    f"positions: {wanted - traded} trades on positions missing, "
-                    f"{unlisted} on instruments missing"
-                )
+        staged = await staging.like(connection, schema, "positions")
+        rows = [
+            [key, *(row[index] for index in _CHANGE_COLUMNS[1:])] for key, row in changed.items()
+        ]
+        names = [COLUMNS[index] for index in _CHANGE_COLUMNS]
+        await batch.copy_rows(connection, None, staged, names, rows)
+        sql = _CHANGE_SQL.format(schema=schema, staged=staged, extra=AVERAGE_COST_EXTRA_DIGITS)
+        traded, unlisted = await connection.fetchrow(sql, timeout=STATEMENT_TIMEOUT_S)
+        wanted = sum(1 for row in changed.values() if row[_TRADE_COUNT] > 0)
+        if traded != wanted or unlisted:
+            raise ReadModelError(
+                f"positions: {wanted - traded} trades on positions missing, "
+                f"{unlisted} on instruments missing"
+            )
 
     async def _average_costs(
         self,
@@ -310,6 +317,13 @@ def _fold_booked(page: Page, event: TradeBooked, meta: batch.Meta) -> None:
         page.traded.add(meta.stream_id)
 
 
+Page.COMPUTED = {
+    TradeBooked: frozenset(
+        {"quantity_change", "cost_basis_change", "realised_pnl_change", "fee", "quantity"}
+    ),
+    SellQuantityReserved: frozenset({"quantity"}),
+    SellQuantityReleased: frozenset({"quantity"}),
+}
 Page.FOLDS = {
     InstrumentListed: _fold_listed,
     PositionOpened: _fold_opened,

@@ -44,15 +44,17 @@ COLUMNS: Final = (
 
 class Page(batch.Page):
     def __init__(self) -> None:
-        self.signals = batch.Rows("signals", COLUMNS, "signal_id")
+        self.signals = batch.Rows(
+            "signals", COLUMNS, "signal_id", free_text=("reasons", "indicators")
+        )
 
     def taken(self) -> Any:
         return self.signals.take()
 
     async def write(
-        self, connection: asyncpg.Connection, schema: str, types: batch.ColumnTypes, taken: Any
+        self, connection: asyncpg.Connection, schema: str, staging: batch.Staging, taken: Any
     ) -> None:
-        await self.signals.write(connection, schema, types, taken)
+        await self.signals.write(connection, schema, staging, taken)
 
 
 def _fold_emitted(page: Page, event: SignalEmitted, meta: batch.Meta) -> None:

@@ -86,15 +86,17 @@ _PARAMETERS, _ACTIVE, _UPDATED_AT, _VERSION = (
 
 class Page(batch.Page):
     def __init__(self) -> None:
-        self.strategies = batch.Rows("strategies", COLUMNS, "strategy_id")
+        self.strategies = batch.Rows(
+            "strategies", COLUMNS, "strategy_id", free_text=("name", "parameters")
+        )
 
     def taken(self) -> Any:
         return self.strategies.take()
 
     async def write(
-        self, connection: asyncpg.Connection, schema: str, types: batch.ColumnTypes, taken: Any
+        self, connection: asyncpg.Connection, schema: str, staging: batch.Staging, taken: Any
     ) -> None:
-        await self.strategies.write(connection, schema, types, taken)
+        await self.strategies.write(connection, schema, staging, taken)
 
 
 def _fold_created(page: Page, event: StrategyCreated, meta: batch.Meta) -> None:

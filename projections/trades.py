@@ -78,15 +78,17 @@ _BOOKED_ON_CONFLICT: Final = tuple(COLUMNS.index(name) for name in ("realised_pn
 
 class Page(batch.Page):
     def __init__(self) -> None:
-        self.trades = batch.Upserts("trades", COLUMNS, ("order_id", "fill_id"))
+        self.trades = batch.Upserts(
+            "trades", COLUMNS, ("order_id", "fill_id"), free_text=("fill_id",)
+        )
 
     def taken(self) -> Any:
         return self.trades.take()
 
     async def write(
-        self, connection: asyncpg.Connection, schema: str, types: batch.ColumnTypes, taken: Any
+        self, connection: asyncpg.Connection, schema: str, staging: batch.Staging, taken: Any
     ) -> None:
-        await self.trades.write(connection, schema, types, taken)
+        await self.trades.write(connection, schema, staging, taken)
 
 
 def _fold_settled(page: Page, event: TradeSettled, meta: batch.Meta) -> None:

@@ -95,15 +95,20 @@ _ROLE, _PASSWORD_HASH, _TOKEN_VERSION, _DISABLED, _DISABLED_REASON, _UPDATED_AT,
 
 class Page(batch.Page):
     def __init__(self) -> None:
-        self.users = batch.Rows("users", COLUMNS, "user_id")
+        self.users = batch.Rows(
+            "users",
+            COLUMNS,
+            "user_id",
+            free_text=("email", "display_name", "password_hash", "disabled_reason"),
+        )
 
     def taken(self) -> Any:
         return self.users.take()
 
     async def write(
-        self, connection: asyncpg.Connection, schema: str, types: batch.ColumnTypes, taken: Any
+        self, connection: asyncpg.Connection, schema: str, staging: batch.Staging, taken: Any
     ) -> None:
-        await self.users.write(connection, schema, types, taken)
+        await self.users.write(connection, schema, staging, taken)
 
 
 def _fold_registered(page: Page, event: UserRegistered, meta: batch.Meta) -> None:
