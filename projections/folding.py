@@ -13,6 +13,7 @@ whatever the log's length.
 from __future__ import annotations
 
 import asyncio
+import functools
 import types
 import typing
 from collections.abc import Callable, Iterable, Sequence
@@ -27,8 +28,7 @@ import msgspec
 from ledger.domain import Event, event_type
 from ledger.domain.postings import JournalEntry, Posting
 from projections import batch
-from projections.base import STATEMENT_TIMEOUT_S, Projection
-from projections.engine import check_schema
+from projections.base import STATEMENT_TIMEOUT_S, Projection, check_schema
 
 PAGE_DEFAULT: Final = 20_000
 PAGE_MAX: Final = 50_000
@@ -94,7 +94,8 @@ def _read_as(field_type: Any, computed: bool) -> Any:
     return field_type
 
 
-def logged_class(event_class: type[Event], computed: Iterable[str] = ()) -> type[Event]:
+@functools.cache
+def logged_class(event_class: type[Event], computed: frozenset[str] = frozenset()) -> type[Event]:
     """The event class as a page reads it: tagged with its topic, carrying its place in
     the log as `sequence`, `stream_id` and `version` (so the event is its own batch.Meta),
     its fields read as _read_as says. Still an instance of the class."""
@@ -122,6 +123,41 @@ class PageGapError(Exception):
     """Raised when a page does not hold every event after the projection's checkpoint."""
 
 
+class Router:
+    """The decoder of pages for some page folds, and where each decoded event goes."""
+
+    def __init__(self, pages: Sequence[batch.Page]) -> None:
+        computed: dict[type[Event], set[str]] = {}
+        for page in pages:
+            for event_class in page.FOLDS:
+                assert event_type(event_class.topic()) is event_class, event_class
+                computed.setdefault(event_class, set()).update(page.COMPUTED.get(event_class, ()))
+        logged = {
+            event_class: logged_class(event_class, frozenset(fields))
+            for event_class, fields in computed.items()
+        }
+        # The logged class of each event class handled -> [(page, fold function)]
+        self.routes: dict[type[Any], list[tuple[Any, Any]]] = {}
+        for page in pages:
+            for event_class, fold in page.FOLDS.items():
+                self.routes.setdefault(logged[event_class], []).append((page, fold))
+        self.topics = sorted(event_class.topic() for event_class in logged)
+        self.decoder = _decoder(tuple(sorted(logged.values(), key=lambda kind: kind.__name__)))
+
+    def fold(self, events: Iterable[Any]) -> None:
+        """Fold decoded events, in the order given, into their pages."""
+        routes = self.routes
+        with batch.exact():
+            for event in events:
+                for page, fold in routes.get(type(event), ()):
+                    fold(page, event, event)
+
+
+@functools.cache
+def _decoder(classes: tuple[type[Event], ...]) -> msgspec.json.Decoder[list[Any]]:
+    return msgspec.json.Decoder(list[Union[Skipped, *classes]])  # type: ignore[valid-type]
+
+
 class Folder:
     """Page folds of several projections, each written on its own connection."""
 
@@ -141,43 +177,22 @@ class Folder:
         self.after = after
         self.folded = after
         self._writing: asyncio.Future[Any] | None = None
-        # The logged class of each event class handled -> [(page, fold function)]
-        self._routes: dict[type[Any], list[tuple[Any, Any]]] = {}
-        computed: dict[type[Event], set[str]] = {}
-        for page in self.pages:
-            for event_class in page.FOLDS:
-                assert event_type(event_class.topic()) is event_class, event_class
-                computed.setdefault(event_class, set()).update(page.COMPUTED.get(event_class, ()))
-        logged = {
-            event_class: logged_class(event_class, fields)
-            for event_class, fields in computed.items()
-        }
-        for page in self.pages:
-            for event_class, fold in page.FOLDS.items():
-                self._routes.setdefault(logged[event_class], []).append((page, fold))
-        self.topics = sorted(event_class.topic() for event_class in logged)
-        self._decoder = msgspec.json.Decoder(list[Union[Skipped, *logged.values()]])  # type: ignore[valid-type]
+        self.router = Router(self.pages)
+        self.topics = self.router.topics
 
     def decode(self, page: bytes) -> list[Any]:
         """The page's events (logged classes, or Skipped), in sequence order."""
-        return self._decoder.decode(page)
+        return self.router.decoder.decode(page)
 
     async def fold(self, events: list[Any], up_to: int) -> None:
         """Fold a page's events: every sequence after the last page's, up to `up_to`."""
-        if any(
-            events[index].sequence >= events[index + 1].sequence for index in range(len(events) - 1)
-        ):
+        sequences = [event.sequence for event in events]
+        if sequences != list(range(self.folded + 1, up_to + 1)):
             events = sorted(events, key=lambda event: event.sequence)
-        if len(events) != up_to - self.folded or (
-            events and (events[0].sequence != self.folded + 1 or events[-1].sequence != up_to)
-        ):
-            raise PageGapError(f"the page ({self.folded}, {up_to}] is not every event in it")
-        routes = self._routes
+            if [event.sequence for event in events] != list(range(self.folded + 1, up_to + 1)):
+                raise PageGapError(f"the page ({self.folded}, {up_to}] is not every event in it")
         for start in range(0, len(events), FOLD_SLICE):
-            with batch.exact():
-                for event in events[start : start + FOLD_SLICE]:
-                    for page, fold in routes.get(type(event), ()):
-                        fold(page, event, event)
+            self.router.fold(events[start : start + FOLD_SLICE])
             await asyncio.sleep(0)  # The previous page's writes go on meanwhile.
         self.folded = up_to
 
@@ -278,3 +293,27 @@ async def replay(
             await fold_and_write(await read_page(reader, folder.folded, end, folder.topics), end)
     await folder.wait()
     return folder.folded
+
+
+async def fold_batch(
+    connection: asyncpg.Connection, projection: Projection, events: Sequence[Any], schema: str
+) -> None:
+    """Apply events of the projection (LoggedEvent, in sequence order, all of topics it
+    handles) as one page, in the caller's transaction: the live path's way with a large
+    batch (engine.apply_batch). Each event's place in the log is spliced into its payload
+    as a page read from the database has it."""
+    parts = []
+    for event in events:
+        data = bytes(event.data)
+        rest = b"," + data[1:] if len(data) > 2 else b"}"
+        parts.append(
+            b'{"@t":"%s","@s":%d,"@i":"%s","@v":%d%s'
+            % (event.topic.encode(), event.sequence, str(event.stream_id).encode(),
+               event.version, rest)
+        )  # fmt: skip
+    page = projection.page()
+    router = Router([page])
+    router.fold(router.decoder.decode(b"[" + b",".join(parts) + b"]"))
+    # A Staging of its own: the connection may be a pool's, another session each time
+    # (CREATE TEMP TABLE IF NOT EXISTS is one round trip per table, and its notice unheard).
+    await page.write(connection, schema, batch.Staging(), page.taken())

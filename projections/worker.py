@@ -209,7 +209,9 @@ class Runner:
                     messages = await subscription.fetch(
                         options.fetch_batch, timeout=options.fetch_timeout_s
                     )
-                except nats.errors.TimeoutError:
+                except TimeoutError:
+                    # nats-py raises its own TimeoutError, or the builtin one when the
+                    # time left for its second pull request is gone: nothing to fetch.
                     continue
                 await self._handle(connection, messages)
         finally:

@@ -1,9 +1,10 @@
 """Rebuild against the live path, digit for digit, and the live worker after a rebuild.
 
-The rebuild folds pages of the log in memory (projections/batch.py); the live path runs
-one statement per event (projections/engine.py). Both must leave the same rows, compared
-here as PostgreSQL prints them (`row::text`), so a NUMERIC of another scale ("3.0" for
-"3.00") or a JSON value written otherwise fails. Then the worker: events appended while a
+The rebuild folds pages of the log in memory (projections/batch.py), and so does the live
+path with a batch of FOLD_FROM events or more; a smaller live batch runs one statement per
+event (projections/engine.py). All must leave the same rows, compared here as PostgreSQL
+prints them (`row::text`), so a NUMERIC of another scale ("3.0" for "3.00") or a JSON value
+written otherwise fails. Then the worker: events appended while a
 rebuild runs reach the rebuilt tables exactly once, whether the worker ran meanwhile or
 starts after, and a new durable consumer starts near its checkpoint, not at the start of
 the stream.
@@ -13,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import io
+import random
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -23,13 +25,14 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from ledger.store import EventStore
-from projections import source
-from projections.engine import read_checkpoint
+from projections import scratch, source
+from projections.base import Projection
+from projections.engine import FOLD_FROM, apply_batch, read_checkpoint
 from projections.lag import lag
 from projections.rebuild import rebuild
 from projections.registry import NAMES, PROJECTIONS
 from projections.scenario import Scenario
-from tests.integration.test_projections_fold import project_all, sequence_all
+from tests.integration.test_projections_fold import sequence_all
 from tests.integration.test_projections_worker import Running, assert_equal_to_the_fold
 
 # The relay-and-workers fixture, re-exported so that pytest finds it here too.
@@ -49,14 +52,25 @@ class Busy(Scenario):
     )  # fmt: skip
 
 
-async def text_rows(connection: asyncpg.Connection, names: list[str] | None = None) -> Text:
+async def text_rows(
+    connection: asyncpg.Connection, names: list[str] | None = None, schema: str = "read"
+) -> Text:
     """Every row of the projections' tables as PostgreSQL prints it, sorted."""
     found: Text = {}
     for name in names or list(NAMES):
         for table in PROJECTIONS[name].tables:
-            rows = await connection.fetch(f"SELECT t::text FROM read.{table} t")
+            rows = await connection.fetch(f"SELECT t::text FROM {schema}.{table} t")
             found[table] = sorted(row[0] for row in rows)
     return found
+
+
+async def project(
+    connection: asyncpg.Connection, projection: Projection, sizes: range, seed: int, schema: str
+) -> None:
+    """The live path, apply_batch, over the whole log in batches of random sizes."""
+    rng, after = random.Random(seed), 0
+    while batch := await source.read_after(connection, after, limit=rng.choice(sizes)):
+        after = (await apply_batch(connection, projection, batch, schema=schema)).after
 
 
 async def append_sessions(pool: asyncpg.Pool, seed: int, steps: int) -> None:
@@ -69,22 +83,31 @@ async def append_sessions(pool: asyncpg.Pool, seed: int, steps: int) -> None:
 
 
 @pytest.mark.parametrize(("seed", "page"), [(41, 13), (42, 101), (43, 1_000)])
-async def test_rebuild_equals_the_live_path_digit_for_digit(
+async def test_rebuild_and_folded_batches_equal_statements_per_event_digit_for_digit(
     databases: Any, seed: int, page: int
 ) -> None:
+    """Three ways to the same rows: one statement per event (live batches smaller than
+    FOLD_FROM), live batches folded in memory, and a rebuild."""
     url = await databases.create(f"rebuild_{seed}")
     pool = await asyncpg.create_pool(url, min_size=1, max_size=12)
     try:
         await append_sessions(pool, seed, 300)
         async with pool.acquire() as connection:
             head = await sequence_all(connection)
-            await project_all(connection, seed)
-            live = await text_rows(connection)
-        assert all(live[table] for table in ("orders", "trades", "positions", "daily_pnl"))
+            for projection in PROJECTIONS.values():
+                await project(connection, projection, range(1, FOLD_FROM), seed, "read")
+            per_event = await text_rows(connection)
+            for projection in PROJECTIONS.values():
+                schema = f"folded_{projection.name}"
+                await scratch.prepare(connection, projection, schema)
+                await project(connection, projection, range(FOLD_FROM, 400), seed, schema)
+                folded = await text_rows(connection, [projection.name], schema)
+                assert folded == {table: per_event[table] for table in folded}
+        assert all(per_event[table] for table in ("orders", "trades", "positions", "daily_pnl"))
         results = await rebuild(url, ["all"], batch=page, out=io.StringIO())
         assert {result.sequence for result in results} == {head}
         async with pool.acquire() as connection:
-            assert await text_rows(connection) == live
+            assert await text_rows(connection) == per_event
     finally:
         await pool.close()
 
@@ -101,7 +124,8 @@ async def prepared(databases: Any) -> AsyncIterator[Prepared]:
     await append_sessions(pool, 51, 250)
     async with pool.acquire() as connection:
         await sequence_all(connection)
-        await project_all(connection, 51)
+        for projection in PROJECTIONS.values():
+            await project(connection, projection, range(1, FOLD_FROM), 51, "read")
         live = await text_rows(connection)
     yield Prepared(url, pool, live)
     await pool.close()
