@@ -57,8 +57,8 @@ async def run(role: str, arguments: list[str]) -> dict[str, Any]:
         return {"role": role}
     if role == "worker":
         url, nats_url, stream = arguments
-        # nats-py's fetch keeps a pull open until the batch is full or the timeout ends:
-        # with the default 1 s, a steady trickle waits up to a second in the client.
+        # Fetches of at most 50 ms: with nats-py's default of 1 s, lag at 200 commands/s
+        # measured p50 620-950 ms against 490-600 ms (the pull stays open to fill its batch).
         worker_options = WorkerOptions(
             stream_name=stream, subject_prefix=stream, fetch_timeout_s=FETCH_TIMEOUT_S
         )

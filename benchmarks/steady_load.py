@@ -8,8 +8,9 @@ a late start is reported), so a slow path shows up as lag, not as a slower rate.
 
 Visibility: a command's commit time is when its handler returns; it is visible when its
 read model's checkpoint (read.checkpoints) reaches the sequence of its last event. A
-watcher polls the checkpoints every POLL_S and maps newly applied sequences to log
-positions, so a lag is from commit to the first poll that sees it (resolution ~POLL_S).
+watcher polls the checkpoints every POLL_S (one query for both) and maps newly applied
+sequences to log positions, so a lag is from commit to the first poll that sees it
+(resolution ~POLL_S).
 """
 
 from __future__ import annotations
@@ -37,7 +38,7 @@ from ledger.domain.order import OrderAccepted, OrderType
 from ledger.domain.side import Side
 from ledger.domain.user import Role
 
-POLL_S: Final = 0.002
+POLL_S: Final = 0.005
 SHOWN_MAX: Final = 100_000
 IN_FLIGHT_MAX: Final = 256
 CASH: Final = Decimal("1000000000")
@@ -141,41 +142,44 @@ class Watcher:
 
     async def run(self, stop: asyncio.Event) -> None:
         async with self.pool.acquire() as connection:
-            for name in WATCHED:
-                self.seen[name] = await _checkpoint(connection, name)
+            self.seen = await _checkpoints(connection)
             while not stop.is_set():
-                for name in WATCHED:
-                    await self._poll(connection, name)
+                await self._poll(connection)
                 await asyncio.sleep(POLL_S)
 
-    async def _poll(self, connection: asyncpg.Connection, name: str) -> None:
-        checkpoint = await _checkpoint(connection, name)
-        if checkpoint <= self.seen[name]:
-            return
-        positions = await connection.fetch(
-            "SELECT position FROM ledger.sequence WHERE sequence > $1 AND sequence <= $2",
-            self.seen[name],
-            checkpoint,
-        )
-        now = time.perf_counter()
-        self.seen[name] = checkpoint
-        waiting, shown = self.waiting[name], self.shown[name]
-        for (position,) in positions:
-            committed_all = waiting.pop(position, None)
-            if committed_all is None:
-                shown[position] = now
-                if len(shown) > SHOWN_MAX:
-                    shown.popitem(last=False)
+    async def _poll(self, connection: asyncpg.Connection) -> None:
+        checkpoints = await _checkpoints(connection)
+        for name, checkpoint in checkpoints.items():
+            if checkpoint <= self.seen[name]:
                 continue
-            for committed in committed_all:
-                self._record(now - committed)
+            positions = await connection.fetch(
+                "SELECT position FROM ledger.sequence WHERE sequence > $1 AND sequence <= $2",
+                self.seen[name],
+                checkpoint,
+            )
+            now = time.perf_counter()
+            self.seen[name] = checkpoint
+            waiting, shown = self.waiting[name], self.shown[name]
+            for (position,) in positions:
+                committed_all = waiting.pop(position, None)
+                if committed_all is None:
+                    shown[position] = now
+                    if len(shown) > SHOWN_MAX:
+                        shown.popitem(last=False)
+                    continue
+                for committed in committed_all:
+                    self._record(now - committed)
 
 
-async def _checkpoint(connection: asyncpg.Connection, name: str) -> int:
-    value = await connection.fetchval(
-        "SELECT sequence FROM read.checkpoints WHERE projection = $1", name
+async def _checkpoints(connection: asyncpg.Connection) -> dict[str, int]:
+    """The watched projections' checkpoints, in one query."""
+    rows = await connection.fetch(
+        "SELECT projection, sequence FROM read.checkpoints WHERE projection = ANY($1::text[])",
+        list(WATCHED),
     )
-    return 0 if value is None else int(value)
+    found = dict.fromkeys(WATCHED, 0)
+    found.update({row[0]: int(row[1]) for row in rows})
+    return found
 
 
 @dataclass
