@@ -3,6 +3,7 @@ the handler table a read-model module is made of."""
 
 from __future__ import annotations
 
+import re
 from collections.abc import Awaitable, Callable, Mapping
 from datetime import datetime
 from typing import Any, Final
@@ -14,6 +15,14 @@ import msgspec
 from ledger.domain import Event
 
 STATEMENT_TIMEOUT_S: Final = 10.0
+LIVE_SCHEMA: Final = "read"
+_SCHEMA_NAME: Final = re.compile(r"[a-z_][a-z0-9_]{0,62}")
+
+
+def check_schema(schema: str) -> str:
+    """`schema`, asserted to be a plain name (it is put into SQL text)."""
+    assert _SCHEMA_NAME.fullmatch(schema), f"not a plain schema name: {schema!r}"
+    return schema
 
 
 class EventMeta(msgspec.Struct, frozen=True, kw_only=True):
@@ -56,11 +65,14 @@ Handlers = Mapping[type[Event], Handler]
 
 
 class Projection(msgspec.Struct, frozen=True, kw_only=True):
-    """A read model: its name (its checkpoint's key), its tables, its handlers."""
+    """A read model: its name (its checkpoint's key), its tables, its handlers (one
+    statement per event, the live path) and its page fold (`page()` makes a
+    projections.batch.Page, the rebuild's path)."""
 
     name: str
     tables: tuple[str, ...]
     handlers: Handlers
+    page: Callable[[], Any]
 
     @property
     def topics(self) -> frozenset[str]:

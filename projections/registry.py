@@ -33,7 +33,9 @@ _MODULES: Final[tuple[ModuleType, ...]] = (
 
 PROJECTIONS: Final[Mapping[str, Projection]] = MappingProxyType(
     {
-        module.NAME: Projection(name=module.NAME, tables=module.TABLES, handlers=module.HANDLERS)
+        module.NAME: Projection(
+            name=module.NAME, tables=module.TABLES, handlers=module.HANDLERS, page=module.Page
+        )
         for module in _MODULES
     }
 )

@@ -11,7 +11,7 @@ to hours between steps, so trades fall on several days.
 from __future__ import annotations
 
 import random
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any, Final
@@ -51,14 +51,28 @@ CURRENCIES: Final = ("USD", "EUR")
 class Scenario:
     """Drives one seeded session against an event store; `run(steps)` appends its events."""
 
+    # (weight, action name) of each step; a subclass may weigh them otherwise.
+    WEIGHTS: tuple[tuple[float, str], ...] = (
+        (3, "register_user"), (3, "open_account"), (6, "deposit"), (1, "withdraw"),
+        (1, "charge_fee"), (2, "list_instrument"), (1, "halt_or_resume"), (1, "user_change"),
+        (2, "strategy_change"), (3, "emit_signal"), (14, "place_order"), (14, "fill_order"),
+        (3, "end_order"),
+    )  # fmt: skip
+
     def __init__(
-        self, store: EventStore, seed: int, *, start: datetime = START, tag: str = ""
+        self,
+        store: EventStore,
+        seed: int,
+        *,
+        start: datetime = START,
+        tag: str = "",
+        repository: Repository | None = None,
     ) -> None:
         # Emails and symbols are unique in the read models: sessions sharing a database
         # need tags of their own (or share one on purpose, to make a poison event).
         assert tag == "" or tag.isalnum(), tag
         self.tag = tag.upper()
-        self.repository = Repository(store)
+        self.repository = Repository(store) if repository is None else repository
         self.random = random.Random(seed)
         self.now = start
         self.users: list[UUID] = []
@@ -76,19 +90,17 @@ class Scenario:
 
     async def run(self, steps: int) -> int:
         """Take `steps` steps; return how many decisions appended events."""
-        actions: list[tuple[int, Callable[[], Any]]] = [
-            (3, self.register_user), (3, self.open_account), (6, self.deposit),
-            (1, self.withdraw), (1, self.charge_fee), (2, self.list_instrument),
-            (1, self.halt_or_resume), (1, self.user_change), (2, self.strategy_change),
-            (3, self.emit_signal), (14, self.place_order), (14, self.fill_order),
-            (3, self.end_order),
-        ]  # fmt: skip
-        weights = [weight for weight, _ in actions]
         for _ in range(steps):
-            self.now += timedelta(minutes=self.random.choice((1, 5, 30, 240)))
-            _, action = self.random.choices(actions, weights)[0]
-            await action()
+            await self.step()
         return self.recorded
+
+    async def step(self) -> None:
+        """Move the clock by minutes to hours and take one action, picked by weight."""
+        self.now += timedelta(minutes=self.random.choice((1, 5, 30, 240)))
+        weights = [weight for weight, _ in self.WEIGHTS]
+        _, name = self.random.choices(self.WEIGHTS, weights)[0]
+        action: Callable[[], Awaitable[None]] = getattr(self, name)
+        await action()
 
     async def decide(
         self,
@@ -358,9 +370,8 @@ class Scenario:
         account_id = self.pick(self.accounts)
         if account_id is None:
             return
-        listed = [
-            i for i, n in self.instruments.items() if LISTINGS[n][1] == self.currencies[account_id]
-        ]
+        currency = self.currencies[account_id]
+        listed = [i for i, n in self.instruments.items() if LISTINGS[n][1] == currency]
         instrument_id = self.pick(listed)
         if instrument_id is None:
             return

@@ -41,6 +41,7 @@ import nats.errors
 import nats.js.errors
 from nats.aio.client import Client as NatsClient
 from nats.aio.msg import Msg
+from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from opentelemetry import trace
 from opentelemetry.context import Context
@@ -50,7 +51,7 @@ from opentelemetry.util.types import AttributeValue
 from ledger import tracing
 from projections import source
 from projections.base import STATEMENT_TIMEOUT_S, LoggedEvent, Projection
-from projections.engine import Applied, SequenceGapError, apply_batch
+from projections.engine import Applied, SequenceGapError, apply_batch, read_checkpoint
 from projections.notify import notify_projected
 from projections.registry import select
 
@@ -213,17 +214,22 @@ class Runner:
         durable = self.durable
         stream = self.client.jetstream(timeout=options.connect_timeout_s)
         try:
+            config = ConsumerConfig(
+                durable_name=durable,
+                ack_policy=AckPolicy.EXPLICIT,
+                deliver_policy=DeliverPolicy.ALL,
+                ack_wait=options.ack_wait_s,
+                max_ack_pending=options.max_ack_pending,
+            )
+            start = await self._start_of_new_consumer(stream, durable, connection)
+            if start is not None:
+                config.deliver_policy = DeliverPolicy.BY_START_SEQUENCE
+                config.opt_start_seq = start
             subscription = await stream.pull_subscribe(
                 f"{options.subject_prefix}.>",
                 durable=durable,
                 stream=options.stream_name,
-                config=ConsumerConfig(
-                    durable_name=durable,
-                    ack_policy=AckPolicy.EXPLICIT,
-                    deliver_policy=DeliverPolicy.ALL,
-                    ack_wait=options.ack_wait_s,
-                    max_ack_pending=options.max_ack_pending,
-                ),
+                config=config,
             )
         except nats.js.errors.NotFoundError:
             # The relay creates the stream; a worker started first waits for it.
@@ -245,6 +251,35 @@ class Runner:
         finally:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(subscription.unsubscribe(), timeout=2.0)
+
+    async def _start_of_new_consumer(
+        self, stream: JetStreamContext, durable: str, connection: asyncpg.Connection
+    ) -> int | None:
+        """Where a durable not yet created starts: at the message of checkpoint + 1.
+
+        A projection rebuilt from the log, or deployed with its checkpoint already far
+        along, would otherwise receive, skip and ack the whole stream one message at a
+        time. The stream's first message gives the offset between stream and ledger
+        sequences; republished duplicates only make it grow further on, so the start is
+        never past checkpoint + 1 (at worst a few messages early, and those are skipped).
+        None (deliver everything) for an existing durable, or when in doubt."""
+        name = self.options.stream_name
+        try:
+            await stream.consumer_info(name, durable)
+            return None
+        except nats.js.errors.NotFoundError:
+            pass
+        checkpoint = await read_checkpoint(connection, self.projection.name)
+        info = await stream.stream_info(name)
+        first, last = info.state.first_seq, info.state.last_seq
+        if checkpoint == 0 or info.state.messages == 0:
+            return None
+        try:
+            message = await stream.get_msg(name, seq=first)
+            sequence = int((message.headers or {})["Ledger-Sequence"])
+        except (nats.js.errors.NotFoundError, KeyError, ValueError):
+            return None
+        return min(max(first + checkpoint + 1 - sequence, first), last + 1)
 
     async def _handle(self, connection: asyncpg.Connection, messages: Sequence[Msg]) -> None:
         """Apply a fetched batch and ack what is applied; park on a poison event."""

@@ -1,0 +1,231 @@
+"""Rebuild against the live path, digit for digit, and the live worker after a rebuild.
+
+The rebuild folds pages of the log in memory (projections/batch.py), and so does the live
+path with a batch of FOLD_FROM events or more; a smaller live batch runs one statement per
+event (projections/engine.py). All must leave the same rows, compared here as PostgreSQL
+prints them (`row::text`), so a NUMERIC of another scale ("3.0" for "3.00") or a JSON value
+written otherwise fails. Then the worker: events appended while a
+rebuild runs reach the rebuilt tables exactly once, whether the worker ran meanwhile or
+starts after, and a new durable consumer starts near its checkpoint, not at the start of
+the stream.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import random
+from collections.abc import AsyncIterator
+from typing import Any
+
+import asyncpg
+import nats
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from ledger.store import EventStore
+from projections import scratch, source
+from projections.base import Projection
+from projections.engine import FOLD_FROM, apply_batch, read_checkpoint
+from projections.lag import lag
+from projections.rebuild import rebuild
+from projections.registry import NAMES, PROJECTIONS
+from projections.scenario import Scenario
+from tests.integration.test_projections_fold import sequence_all
+from tests.integration.test_projections_worker import Running, assert_equal_to_the_fold
+
+# The relay-and-workers fixture, re-exported so that pytest finds it here too.
+from tests.integration.test_projections_worker import running as running
+
+Text = dict[str, list[str]]
+
+
+class Busy(Scenario):
+    """A session with more fills, cancels and cash per step: long accounts and positions."""
+
+    WEIGHTS = (
+        (1, "register_user"), (1, "open_account"), (6, "deposit"), (1, "withdraw"),
+        (1, "charge_fee"), (1, "list_instrument"), (1, "halt_or_resume"), (1, "user_change"),
+        (2, "strategy_change"), (2, "emit_signal"), (14, "place_order"), (20, "fill_order"),
+        (4, "end_order"),
+    )  # fmt: skip
+
+
+async def text_rows(
+    connection: asyncpg.Connection, names: list[str] | None = None, schema: str = "read"
+) -> Text:
+    """Every row of the projections' tables as PostgreSQL prints it, sorted."""
+    found: Text = {}
+    for name in names or list(NAMES):
+        for table in PROJECTIONS[name].tables:
+            rows = await connection.fetch(f"SELECT t::text FROM {schema}.{table} t")
+            found[table] = sorted(row[0] for row in rows)
+    return found
+
+
+async def project(
+    connection: asyncpg.Connection, projection: Projection, sizes: range, seed: int, schema: str
+) -> None:
+    """The live path, apply_batch, over the whole log in batches of random sizes."""
+    rng, after = random.Random(seed), 0
+    while batch := await source.read_after(connection, after, limit=rng.choice(sizes)):
+        after = (await apply_batch(connection, projection, batch, schema=schema)).after
+
+
+async def append_sessions(pool: asyncpg.Pool, seed: int, steps: int) -> None:
+    """Two sessions at once, so their commits interleave in the log."""
+    store = EventStore(pool)
+    await asyncio.gather(
+        Scenario(store, seed, tag=f"a{seed}").run(steps),
+        Busy(store, seed + 1000, tag=f"b{seed}").run(steps),
+    )
+
+
+@pytest.mark.parametrize(("seed", "page"), [(41, 13), (42, 101), (43, 1_000)])
+async def test_rebuild_and_folded_batches_equal_statements_per_event_digit_for_digit(
+    databases: Any, seed: int, page: int
+) -> None:
+    """Three ways to the same rows: one statement per event (live batches smaller than
+    FOLD_FROM), live batches folded in memory, and a rebuild."""
+    url = await databases.create(f"rebuild_{seed}")
+    pool = await asyncpg.create_pool(url, min_size=1, max_size=12)
+    try:
+        await append_sessions(pool, seed, 300)
+        async with pool.acquire() as connection:
+            head = await sequence_all(connection)
+            for projection in PROJECTIONS.values():
+                await project(connection, projection, range(1, FOLD_FROM), seed, "read")
+            per_event = await text_rows(connection)
+            for projection in PROJECTIONS.values():
+                schema = f"folded_{projection.name}"
+                await scratch.prepare(connection, projection, schema)
+                await project(connection, projection, range(FOLD_FROM, 400), seed, schema)
+                folded = await text_rows(connection, [projection.name], schema)
+                assert folded == {table: per_event[table] for table in folded}
+        assert all(per_event[table] for table in ("orders", "trades", "positions", "daily_pnl"))
+        results = await rebuild(url, ["all"], batch=page, out=io.StringIO())
+        assert {result.sequence for result in results} == {head}
+        async with pool.acquire() as connection:
+            assert await text_rows(connection) == per_event
+    finally:
+        await pool.close()
+
+
+class Prepared:
+    def __init__(self, url: str, pool: asyncpg.Pool, live: Text) -> None:
+        self.url, self.pool, self.live = url, pool, live
+
+
+@pytest.fixture(scope="module")
+async def prepared(databases: Any) -> AsyncIterator[Prepared]:
+    url = await databases.create("rebuild_property")
+    pool = await asyncpg.create_pool(url, min_size=1, max_size=12)
+    await append_sessions(pool, 51, 250)
+    async with pool.acquire() as connection:
+        await sequence_all(connection)
+        for projection in PROJECTIONS.values():
+            await project(connection, projection, range(1, FOLD_FROM), 51, "read")
+        live = await text_rows(connection)
+    yield Prepared(url, pool, live)
+    await pool.close()
+
+
+@settings(
+    max_examples=8, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    page=st.integers(1, 700),
+    names=st.lists(st.sampled_from(NAMES), min_size=1, max_size=4, unique=True),
+)
+async def test_any_page_and_any_projections_rebuild_to_the_live_rows(
+    prepared: Prepared, page: int, names: list[str]
+) -> None:
+    await rebuild(prepared.url, names, batch=page, out=io.StringIO())
+    async with prepared.pool.acquire() as connection:
+        rebuilt = await text_rows(connection, names)
+    assert rebuilt == {table: prepared.live[table] for table in rebuilt}
+
+
+async def keep_appending(pool: asyncpg.Pool, stop: asyncio.Event, seed: int) -> int:
+    """Sessions of a few steps each until told to stop; return how many there were."""
+    sessions = 0
+    while not stop.is_set():
+        await Scenario(EventStore(pool), seed + sessions, tag=f"during{seed}x{sessions}").run(8)
+        sessions += 1
+    return sessions
+
+
+async def appended_during_a_rebuild(running: Running, seed: int) -> tuple[int, int]:
+    """Rebuild every projection while sessions append; return the heads when the rebuild
+    started and ended (the relay numbers the log meanwhile)."""
+    async with running.pool.acquire() as connection:
+        before = await source.head(connection)
+    stop = asyncio.Event()
+    appending = asyncio.create_task(keep_appending(running.pool, stop, seed))
+    await asyncio.sleep(0.2)
+    try:
+        await rebuild(running.url, ["all"], batch=50, out=io.StringIO())
+    finally:
+        stop.set()
+        await appending
+    async with running.pool.acquire() as connection:
+        after = await source.head(connection)
+    return before, after
+
+
+async def published_everything(pool: asyncpg.Pool) -> None:
+    """Until the relay has numbered and published every committed event."""
+    async with asyncio.timeout(60):
+        while True:
+            committed = await pool.fetchval(
+                "SELECT count(*) FROM ledger.events "
+                "WHERE tx < pg_snapshot_xmin(pg_current_snapshot())"
+            )
+            if committed == await pool.fetchval("SELECT published FROM ledger.relay_state"):
+                return
+            await asyncio.sleep(0.05)
+
+
+async def test_events_appended_during_a_rebuild_reach_the_rebuilt_tables_once(
+    running: Running, nats_url: str
+) -> None:
+    await Scenario(EventStore(running.pool), seed=61, tag="a").run(200)
+    running.start_workers(nats_url, count=1)
+    await running.caught_up()
+
+    before, after = await appended_during_a_rebuild(running, seed=62)
+
+    assert after > before  # The rebuild did have company.
+    await running.caught_up()
+    await assert_equal_to_the_fold(running.pool)
+    for item in await lag(running.pool):
+        assert item.checkpoint == item.head >= after
+        assert not item.failing
+
+
+async def test_a_worker_started_after_a_rebuild_starts_near_its_checkpoint(
+    running: Running, nats_url: str
+) -> None:
+    await Scenario(EventStore(running.pool), seed=71, tag="a").run(200)
+    await published_everything(running.pool)
+    before, after = await appended_during_a_rebuild(running, seed=72)
+    assert after > before
+    async with running.pool.acquire() as connection:
+        rebuilt = await read_checkpoint(connection, "orders")
+    await Scenario(EventStore(running.pool), seed=73, tag="c").run(40)
+
+    running.start_workers(nats_url, count=1)
+    await running.caught_up()
+
+    await assert_equal_to_the_fold(running.pool)
+    client = await nats.connect(nats_url)
+    try:
+        info = await client.jetstream().consumer_info(running.stream, "projection-orders")
+    finally:
+        await client.close()
+    async with running.pool.acquire() as connection:
+        head = await source.head(connection)
+    # Started at its checkpoint's message: it was handed what came after, not the stream.
+    assert info.delivered.consumer_seq <= head - rebuilt
+    assert rebuilt > head - rebuilt
