@@ -111,6 +111,7 @@ class CpuUse:
         used: Sample = {name: _seconds(pids) for name, pids in groups.items()}
         used["this process"] = time.process_time()
         used["machine"] = _machine_busy_s()
+        used["wall"] = time.perf_counter()
         return used
 
 
@@ -214,7 +215,7 @@ class Figures:
     def add_cpu(self, phase: str, spent: dict[str, float], requests: int) -> None:
         for group, seconds in spent.items():
             self.add(f"cpu {phase} {group}", 1e3 * seconds / max(requests, 1))
-        self.add(f"busy {phase}", spent["machine"])
+        self.add(f"busy {phase}", spent["machine"] / spent["wall"])
 
 
 async def main(arguments: argparse.Namespace) -> None:
@@ -347,7 +348,7 @@ def print_figures(figures: Figures, arguments: argparse.Namespace) -> None:
         shown = ", ".join(
             f"{group} {figures.median(f'cpu {phase} {group}'):.2f}" for group in groups
         )
-        cores = figures.median(f"busy {phase}") / arguments.seconds
+        cores = figures.median(f"busy {phase}")
         print(f"  CPU ms per {unit}: {shown}; machine busy {cores:.2f} cores")
     orders, append = figures.median("orders"), figures.median("append")
     print(
