@@ -84,8 +84,14 @@ def openapi_components() -> Components:
 SECURITY: Final[list[SecurityRequirement]] = [{SECURITY_SCHEME: []}]
 
 
-def role_guard(connection: ASGIConnection[Any, Any, Any, Any], handler: BaseRouteHandler) -> None:
-    """Deny unless the route names the caller's role. A route that names none admits nobody."""
+async def role_guard(
+    connection: ASGIConnection[Any, Any, Any, Any], handler: BaseRouteHandler
+) -> None:
+    """Deny unless the route names the caller's role. A route that names none admits nobody.
+
+    A coroutine although it awaits nothing: Litestar runs a plain function guard in a
+    worker thread, and handing every request to a thread and back (the GIL included)
+    cost more than the whole rest of a query's handling under load."""
     allowed: frozenset[Role] = handler.opt.get(ROLES_OPT, frozenset())
     principal = connection.user
     if not isinstance(principal, Principal):
