@@ -31,7 +31,7 @@ import pytest
 from litestar.testing import AsyncTestClient
 from prometheus_client.parser import text_string_to_metric_families
 
-from api.app import create_app
+from api.app import create_app, keep_session
 from api.users_admin import create_user
 from ledger.embedded import EmbeddedNats, free_port
 from ledger.logs import ContextFilter, JsonFormatter
@@ -603,6 +603,24 @@ def test_ledger_serve_writes_json_lines(database: str, nats_url: str, tmp_path: 
     assert access["route"] == "/health"
     assert access["status"] == 200
     assert access["client"] == "127.0.0.1"
+
+
+async def test_a_pooled_connection_comes_back_without_the_transaction_left_open(
+    database: str,
+) -> None:
+    # The API's pool skips asyncpg's reset query (api.app.keep_session); what asyncpg does
+    # on every release anyway must still hold.
+    pool = await asyncpg.create_pool(database, min_size=1, max_size=1, reset=keep_session)
+    try:
+        async with pool.acquire() as connection:
+            await connection.execute("CREATE TABLE pooled (n integer)")
+            await connection.execute("BEGIN")
+            await connection.execute("INSERT INTO pooled VALUES (1)")
+        async with pool.acquire() as connection:
+            assert not connection.is_in_transaction()
+            assert await connection.fetchval("SELECT count(*) FROM pooled") == 0
+    finally:
+        await pool.close()
 
 
 def serve_workers(
