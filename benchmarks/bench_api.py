@@ -259,7 +259,7 @@ async def measure(
         )
         databases = [url.rsplit("/", 1)[1], bare_url.rsplit("/", 1)[1]]
         figures = await rounds(market, port, processes, pool, bare_pool, databases, arguments)
-    except BaseException:
+    except Exception:
         for item in processes.started:
             print(f"--- {item.name} log (last lines) ---\n{tail(item.log_path)}", flush=True)
         raise
@@ -370,4 +370,9 @@ def parse_arguments() -> argparse.Namespace:
 
 
 if __name__ == "__main__":
-    uvloop.run(main(parse_arguments()))
+    try:
+        uvloop.run(main(parse_arguments()))
+    except (KeyboardInterrupt, asyncio.CancelledError):
+        # Ctrl-C or SIGTERM. Every `finally` has run: processes stopped, databases dropped.
+        print("bench-api: interrupted", flush=True)
+        raise SystemExit(130) from None
