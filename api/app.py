@@ -25,6 +25,7 @@ from nats.aio.client import Client as NatsClient
 from opentelemetry.trace import TracerProvider
 
 from api import accounts, auth, events, instruments, orders, signals, strategies, users
+from api.access_checks import AccessChecks
 from api.errors import internal_error, problem_details_plugin
 from api.limits import rate_limits
 from api.logs import log_request, timed
@@ -94,6 +95,7 @@ def create_app(settings: Settings, *, tracer_provider: TracerProvider | None = N
                 app.state.pool, app.state.nats = pool, client
                 app.state.tokens, app.state.passwords = tokens, passwords
                 app.state.ledger = ledger
+                app.state.access_checks = AccessChecks(pool)
                 app.state.registrar = Registrar(pool, ledger, passwords)
                 yield
             finally:
