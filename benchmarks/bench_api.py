@@ -342,7 +342,11 @@ def print_figures(figures: Figures, arguments: argparse.Namespace) -> None:
         f"  baseline: EventStore.append (group commit), {arguments.clients} writers, "
         "a database of its own on the same PostgreSQL"
     )
-    print(f"  waits for the relay and projections to catch up: {values['settle']}")
+    waits = values["settle"]
+    print(
+        f"  waits for the relay and projections to catch up before a phase: "
+        f"{min(waits):.2f}-{max(waits):.2f} s"
+    )
     groups = ("api", "postgres", "relay+projections", "this process")
     for phase, unit in (("orders", "order"), ("positions", "read"), ("append", "event")):
         shown = ", ".join(
