@@ -25,6 +25,7 @@ from nats.aio.client import Client as NatsClient
 from opentelemetry.trace import TracerProvider
 
 from api import accounts, auth, events, instruments, orders, signals, strategies, users
+from api.access_checks import AccessChecks
 from api.audit import router as audit_router
 from api.errors import internal_error, problem_details_plugin
 from api.limits import rate_limits
@@ -82,7 +83,11 @@ def create_app(settings: Settings, *, tracer_provider: TracerProvider | None = N
     @asynccontextmanager
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
         pool = await asyncpg.create_pool(
-            database_url, min_size=1, max_size=POOL_SIZE_MAX, timeout=CONNECT_TIMEOUT_S
+            database_url,
+            min_size=1,
+            max_size=POOL_SIZE_MAX,
+            timeout=CONNECT_TIMEOUT_S,
+            reset=keep_session,
         )
         try:
             client = await _connect_nats(nats_url)
@@ -94,6 +99,7 @@ def create_app(settings: Settings, *, tracer_provider: TracerProvider | None = N
                 app.state.pool, app.state.nats = pool, client
                 app.state.tokens, app.state.passwords = tokens, passwords
                 app.state.ledger = ledger
+                app.state.access_checks = AccessChecks(pool)
                 app.state.registrar = Registrar(pool, ledger, passwords)
                 yield
             finally:
@@ -141,6 +147,19 @@ def create_app(settings: Settings, *, tracer_provider: TracerProvider | None = N
         # configuration would replace the root logger's handlers with its own.
         logging_config=None,
     )
+
+
+async def keep_session(connection: asyncpg.Connection) -> None:
+    """How the pool resets a connection it takes back: by what asyncpg always does (a
+    transaction left open is rolled back, listener callbacks are dropped) and no more.
+
+    asyncpg's default also sends `SELECT pg_advisory_unlock_all(); CLOSE ALL; UNLISTEN *;
+    RESET ALL;`: one more round trip, and four statements, after every query the API
+    makes (docs/adr/0013-api-benchmark.md has what it cost). They undo session state that
+    nothing in the API leaves on a pooled connection: no SET, no advisory lock, no cursor
+    outside a transaction, and the read-your-writes LISTEN has a connection of its own
+    (api/queries/waiting.py). Code that needs session state must take a connection of its
+    own too, never one from this pool."""
 
 
 async def _connect_nats(url: str) -> NatsClient:

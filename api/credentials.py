@@ -38,10 +38,11 @@ class RefreshRow(msgspec.Struct, frozen=True, kw_only=True):
     revoked_at: datetime | None
 
 
-_COLUMNS: Final = "user_id, email, password_hash, role, token_version, disabled"
+COLUMNS: Final = ("user_id", "email", "password_hash", "role", "token_version", "disabled")
+_COLUMNS: Final = ", ".join(COLUMNS)
 
 
-def _credential(row: asyncpg.Record) -> Credential:
+def credential_of(row: asyncpg.Record) -> Credential:
     return Credential(
         user_id=row["user_id"],
         email=row["email"],
@@ -56,7 +57,7 @@ async def by_email(executor: asyncpg.Pool | asyncpg.Connection, email: str) -> C
     row = await executor.fetchrow(
         f"SELECT {_COLUMNS} FROM auth.credentials WHERE email = $1", email
     )
-    return None if row is None else _credential(row)
+    return None if row is None else credential_of(row)
 
 
 async def by_id(
@@ -65,22 +66,7 @@ async def by_id(
     row = await executor.fetchrow(
         f"SELECT {_COLUMNS} FROM auth.credentials WHERE user_id = $1", user_id
     )
-    return None if row is None else _credential(row)
-
-
-async def for_access_token(
-    pool: asyncpg.Pool, user_id: uuid.UUID, jti: str
-) -> tuple[Credential | None, bool]:
-    """The user's credential and whether this access token was revoked, in one query."""
-    row = await pool.fetchrow(
-        f"SELECT {_COLUMNS}, EXISTS (SELECT 1 FROM auth.revoked_access_tokens WHERE jti = $2) "
-        "AS revoked FROM auth.credentials WHERE user_id = $1",
-        user_id,
-        jti,
-    )
-    if row is None:
-        return None, False
-    return _credential(row), bool(row["revoked"])
+    return None if row is None else credential_of(row)
 
 
 async def upsert(executor: asyncpg.Pool | asyncpg.Connection, credential: Credential) -> None:

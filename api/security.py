@@ -1,10 +1,11 @@
 """Bearer authentication and role guards.
 
 `BearerAuthentication` verifies the access token (signature, exp, iss, aud, required
-claims), then checks it against auth.credentials in one query: the user exists, is not
-disabled, the token's token_version is the current one and its jti was not revoked by
-a logout. Routes name the roles they admit with `access(...)`; one guard enforces
-that, and the same roles are written into the route's OpenAPI description.
+claims), then checks it against auth.credentials in one query (shared with the checks
+of concurrent requests, api/access_checks.py): the user exists, is not disabled, the
+token's token_version is the current one and its jti was not revoked by a logout.
+Routes name the roles they admit with `access(...)`; one guard enforces that, and the
+same roles are written into the route's OpenAPI description.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from litestar.middleware import AbstractAuthenticationMiddleware, Authentication
 from litestar.middleware.base import DefineMiddleware
 from litestar.openapi.spec import Components, SecurityRequirement, SecurityScheme
 
-from api import credentials
+from api.access_checks import AccessChecks
 from api.errors import ApiProblem, problem_responses
 from api.tokens import AccessClaims, TokenIssuer, unauthenticated
 from ledger.domain.user import Role
@@ -51,9 +52,8 @@ class BearerAuthentication(AbstractAuthenticationMiddleware):
             raise unauthenticated("TOKEN_INVALID", "the Authorization header is not a Bearer token")
         issuer: TokenIssuer = connection.app.state.tokens
         claims = issuer.verify(token.strip())
-        credential, revoked = await credentials.for_access_token(
-            connection.app.state.pool, claims.sub, claims.jti
-        )
+        checks: AccessChecks = connection.app.state.access_checks
+        credential, revoked = await checks.check(claims.sub, claims.jti)
         if credential is None or credential.disabled or revoked:
             raise unauthenticated("TOKEN_REVOKED", "the access token was revoked")
         if credential.token_version != claims.token_version:
@@ -84,8 +84,14 @@ def openapi_components() -> Components:
 SECURITY: Final[list[SecurityRequirement]] = [{SECURITY_SCHEME: []}]
 
 
-def role_guard(connection: ASGIConnection[Any, Any, Any, Any], handler: BaseRouteHandler) -> None:
-    """Deny unless the route names the caller's role. A route that names none admits nobody."""
+async def role_guard(
+    connection: ASGIConnection[Any, Any, Any, Any], handler: BaseRouteHandler
+) -> None:
+    """Deny unless the route names the caller's role. A route that names none admits nobody.
+
+    A coroutine although it awaits nothing: Litestar runs a plain function guard in a
+    worker thread, and handing every request to a thread and back (the GIL included)
+    cost more than the whole rest of a query's handling under load."""
     allowed: frozenset[Role] = handler.opt.get(ROLES_OPT, frozenset())
     principal = connection.user
     if not isinstance(principal, Principal):

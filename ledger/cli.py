@@ -34,7 +34,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         return run_dev(settings)
     if command == "serve":
-        return _serve(settings)
+        return _serve(settings, arguments.workers)
     if command == "relay":
         return _relay(settings)
     if command == "project":
@@ -58,6 +58,12 @@ def _parser() -> argparse.ArgumentParser:
     serve = commands.add_parser("serve", help="the API against existing PostgreSQL and NATS")
     serve.add_argument("--database-url", help="PostgreSQL URL (LEDGER_DATABASE_URL)")
     serve.add_argument("--nats-url", help="NATS URL (LEDGER_NATS_URL)")
+    serve.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="API processes sharing the port (default 1; about one per core)",
+    )
     _add_http_options(serve)
 
     migrate = commands.add_parser("migrate", help="apply pending SQL migrations")
@@ -119,10 +125,17 @@ def _settings(arguments: argparse.Namespace) -> Settings:
     return msgspec.structs.replace(settings, **given)
 
 
-def _serve(settings: Settings) -> int:
+def _serve(settings: Settings, workers: int) -> int:
     if settings.database_url is None or settings.nats_url is None:
         print("ledger serve: set LEDGER_DATABASE_URL and LEDGER_NATS_URL", file=sys.stderr)
         return 2
+    from ledger.serve_workers import WORKERS_MAX, serve_workers
+
+    if not 1 <= workers <= WORKERS_MAX:
+        print(f"ledger serve: --workers must be between 1 and {WORKERS_MAX}", file=sys.stderr)
+        return 2
+    if workers > 1:
+        return serve_workers(settings, workers)
     from ledger.dev import run_serve
 
     return run_serve(settings)

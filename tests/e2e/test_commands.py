@@ -5,10 +5,12 @@ from __future__ import annotations
 import secrets
 from datetime import UTC, datetime
 from typing import Any
+from uuid import UUID
 
 import asyncpg
 import pytest
 
+from commands.runtime import Ledger
 from ledger.domain.user import Role
 from tests.e2e.conftest import Api, User, assert_problem
 
@@ -458,6 +460,33 @@ async def test_a_trader_cannot_use_another_traders_account_or_order(api: Api, wo
     assert_problem(response, 403, "NOT_OWNER")
     cancel = await api.client.post(f"/api/v1/orders/{order_id}/cancel", headers=other.headers)
     assert_problem(cancel, 403, "NOT_OWNER")
+
+
+@pytest.mark.parametrize("cached", [True, False], ids=["cached", "loaded"])
+async def test_ownership_holds_whether_the_api_has_the_streams_cached_or_not(
+    api: Api, world: World, cached: bool
+) -> None:
+    placed = await api.client.post(
+        "/api/v1/orders", json=_order(world), headers=world.trader.headers
+    )
+    order_id = placed.json()["order_id"]
+    other = await api.user(Role.TRADER)
+    ledger: Ledger = api.client.app.state.ledger
+    streams = [UUID(order_id), UUID(world.account_id)]
+    for user, refused in ((other, True), (world.trader, False)):
+        if not cached:
+            ledger.repository.cache.forget(streams)
+        assert (ledger.repository.cache.get(streams[1]) is not None) == cached
+        response = await api.client.post("/api/v1/orders", json=_order(world), headers=user.headers)
+        if not cached:
+            ledger.repository.cache.forget(streams)
+        cancel = await api.client.post(f"/api/v1/orders/{order_id}/cancel", headers=user.headers)
+        if refused:
+            assert_problem(response, 403, "NOT_OWNER")
+            assert_problem(cancel, 403, "NOT_OWNER")
+        else:
+            assert response.status_code == 202, response.text
+            assert cancel.status_code == 202, cancel.text
 
 
 @pytest.mark.parametrize("role", [Role.ADMIN, *OTHER_ROLES])

@@ -26,11 +26,12 @@ import asyncpg
 import httpx
 import jwt
 import nats
+import psutil
 import pytest
 from litestar.testing import AsyncTestClient
 from prometheus_client.parser import text_string_to_metric_families
 
-from api.app import create_app
+from api.app import create_app, keep_session
 from api.users_admin import create_user
 from ledger.embedded import EmbeddedNats, free_port
 from ledger.logs import ContextFilter, JsonFormatter
@@ -46,6 +47,7 @@ from tests.e2e.conftest import (
     app_settings,
     assert_problem,
 )
+from tests.integration.test_embedded import wait_gone
 
 WAIT_S = 60.0
 POLL_S = 0.05
@@ -601,6 +603,116 @@ def test_ledger_serve_writes_json_lines(database: str, nats_url: str, tmp_path: 
     assert access["route"] == "/health"
     assert access["status"] == 200
     assert access["client"] == "127.0.0.1"
+
+
+async def test_a_pooled_connection_comes_back_without_the_transaction_left_open(
+    database: str,
+) -> None:
+    # The API's pool skips asyncpg's reset query (api.app.keep_session); what asyncpg does
+    # on every release anyway must still hold.
+    pool = await asyncpg.create_pool(database, min_size=1, max_size=1, reset=keep_session)
+    try:
+        async with pool.acquire() as connection:
+            await connection.execute("CREATE TABLE pooled (n integer)")
+            await connection.execute("BEGIN")
+            await connection.execute("INSERT INTO pooled VALUES (1)")
+        async with pool.acquire() as connection:
+            assert not connection.is_in_transaction()
+            assert await connection.fetchval("SELECT count(*) FROM pooled") == 0
+    finally:
+        await pool.close()
+
+
+def serve_workers(
+    database: str, nats_url: str, log_path: Path, workers: int
+) -> tuple[subprocess.Popen[bytes], str]:
+    """`ledger serve --workers N` on a free port, its output in `log_path`; it and its URL."""
+    port = free_port()
+    env = {name: value for name, value in os.environ.items() if not name.startswith("LEDGER_")}
+    env |= {
+        "LEDGER_DATABASE_URL": database,
+        "LEDGER_NATS_URL": nats_url,
+        "LEDGER_JWT_SECRET": JWT_SECRET,
+    }
+    script = Path(sys.executable).parent / "ledger"
+    command = [str(script)] if script.exists() else [sys.executable, "-m", "ledger.cli"]
+    argv = [*command, "serve", "--workers", str(workers), "--port", str(port)]
+    with log_path.open("wb") as log:
+        process = subprocess.Popen(
+            argv, stdout=log, stderr=subprocess.STDOUT, cwd=REPO_ROOT, env=env
+        )
+    return process, f"http://127.0.0.1:{port}"
+
+
+def worker_pids(process: subprocess.Popen[bytes], count: int, log_path: Path) -> list[int]:
+    """The supervisor's worker processes, once `count` of them have started their app."""
+    for _ in range(int(WAIT_S / 0.1)):
+        started = log_path.read_text().count("Application startup complete")
+        workers = [
+            child.pid
+            for child in psutil.Process(process.pid).children()
+            if "spawn_main" in " ".join(child.cmdline())
+        ]
+        if started == count and len(workers) == count:
+            return workers
+        time.sleep(0.1)
+    raise AssertionError(f"{count} workers not started in {WAIT_S} s:\n{log_path.read_text()}")
+
+
+def test_ledger_serve_with_workers_serves_from_each_and_stops_them_all(
+    database: str, nats_url: str, tmp_path: Path
+) -> None:
+    log_path = tmp_path / "serve.log"
+    process, url = serve_workers(database, nats_url, log_path, workers=2)
+    try:
+        wait_for_health(process, url, log_path)
+        workers = worker_pids(process, 2, log_path)
+        descendants = [child.pid for child in psutil.Process(process.pid).children(recursive=True)]
+        for _ in range(20):
+            # A new connection each time: whichever worker accepts it answers.
+            assert httpx.get(f"{url}/health", timeout=5).status_code == 200
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(WAIT_S) == 0, log_path.read_text()
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    assert wait_gone(descendants) == [], log_path.read_text()
+    assert set(workers) <= set(descendants)
+    assert log_path.read_text().count("Application shutdown complete") == 2
+
+
+def test_workers_of_a_killed_ledger_serve_stop_too(
+    database: str, nats_url: str, tmp_path: Path
+) -> None:
+    log_path = tmp_path / "serve.log"
+    process, url = serve_workers(database, nats_url, log_path, workers=2)
+    try:
+        wait_for_health(process, url, log_path)
+        workers = worker_pids(process, 2, log_path)
+    finally:
+        # No chance to stop them: the workers must notice their supervisor's death.
+        process.kill()
+        process.wait()
+    assert wait_gone(workers) == [], log_path.read_text()
+
+
+@pytest.mark.parametrize("workers", ["0", "65", "two"])
+def test_ledger_serve_refuses_a_worker_count_out_of_range(workers: str) -> None:
+    script = Path(sys.executable).parent / "ledger"
+    command = [str(script)] if script.exists() else [sys.executable, "-m", "ledger.cli"]
+    env = {name: value for name, value in os.environ.items() if not name.startswith("LEDGER_")}
+    env |= {"LEDGER_DATABASE_URL": "postgresql://nowhere/x", "LEDGER_NATS_URL": "nats://nowhere:1"}
+    finished = subprocess.run(
+        [*command, "serve", "--workers", workers],
+        capture_output=True,
+        cwd=REPO_ROOT,
+        env=env,
+        timeout=WAIT_S,
+        check=False,
+    )
+    assert finished.returncode == 2
+    assert b"--workers" in finished.stderr
 
 
 def wait_for_health(process: subprocess.Popen[bytes], url: str, log_path: Path) -> None:
