@@ -4,8 +4,9 @@ store append rate, and GET /api/v1/positions, all in the same run.
 Production shape, on one machine: `ledger serve --workers 2` (uvicorn, uvloop, httptools),
 `ledger relay` and `ledger project` as processes of their own, on a scratch database of
 the run's own (migrated) and an embedded NATS; rate limits off, cheap argon2 for the
-setup. The market is set up through the API itself (benchmarks/api_setup.py). Then, round by round,
-each phase starting once the relay and every projection have caught up with the log:
+setup. The market is set up through the API itself (benchmarks/api_setup.py). Then,
+round by round, each phase starting once the relay and every projection have caught up
+with the log:
 
 - orders: `clients` keep-alive connections, each a trader placing, again and again, a buy
   limit on their own account (accepted, never filled), so it is the command path that is
