@@ -1,17 +1,19 @@
 """The API under load: authenticated POST /api/v1/orders at 64 clients next to the bare
 store append rate, and GET /api/v1/positions, all in the same run.
 
-Production shape, on one machine: `ledger serve --workers 2` (uvicorn with uvloop), `ledger
-relay` and `ledger project` as processes of their own, on a scratch database of the run's
-own (migrated) and an embedded NATS; rate limits off, cheap argon2 for the setup. The
-market is set up through the API itself (benchmarks/api_setup.py). Then, round by round,
-each phase starting once the relay and every projection have caught up with the log:
+Production shape, on one machine: `ledger serve --workers 2` (uvicorn, uvloop, httptools),
+`ledger relay` and `ledger project` as processes of their own, on a scratch database of
+the run's own (migrated) and an embedded NATS; rate limits off, cheap argon2 for the
+setup. The market is set up through the API itself (benchmarks/api_setup.py). Then,
+round by round, each phase starting once the relay and every projection have caught up
+with the log:
 
 - orders: `clients` keep-alive connections, each a trader placing, again and again, a buy
   limit on their own account (accepted, never filled), so it is the command path that is
   measured, not conflicts. The relay and the workers follow the log meanwhile, as they
   would in production. Latency is per request, from its first byte sent to its last byte
-  read (benchmarks/http_load.py, encoded once, a few microseconds of client CPU each).
+  read (benchmarks/http_load.py: requests encoded once, about 0.2 ms of client CPU each
+  on the project's machine, shown as `this process`).
 - positions: the same clients each read their trader's positions page (four rows).
 - append (the baseline): EventStore.append of one event per append from `clients`
   concurrent writers (group commit on, as bench_append's "store 1"), in a second scratch

@@ -2,9 +2,10 @@
 encoded once, the latency of each request from its first byte sent to its last byte read.
 
 It speaks only what the benchmark needs of HTTP/1.1: requests with a Content-Length,
-responses with a Content-Length or chunked. It costs the machine little CPU (a few
-microseconds of Python per request), so that the server, not the client, sets the pace on
-a machine that runs both; `wrk` would cost less still but is not installed everywhere.
+responses with a Content-Length or chunked. It costs the machine little CPU (about 0.2 ms
+per request on the project's 2-core machine, a tenth of what the API spends on it), so the
+server, not the client, sets the pace on a machine that runs both; `wrk` would cost less
+still but is not installed everywhere.
 """
 
 from __future__ import annotations
