@@ -97,8 +97,7 @@ async def apply_batch(
         # from the log (SequenceGapError). Waiting for the flush cost 10-50 ms a batch on a
         # busy machine, once per projection: most of a worker's lag.
         await connection.execute(
-            f"SET LOCAL search_path TO {check_schema(schema)}; "
-            "SET LOCAL synchronous_commit = off"
+            f"SET LOCAL search_path TO {check_schema(schema)}; SET LOCAL synchronous_commit = off"
         )
         checkpoint = int(
             await connection.fetchval(
