@@ -59,6 +59,8 @@ class MemoryLog(EventStore):
     """An EventStore whose append chains and buffers the rows instead of inserting them.
 
     Only what the Repository calls is supported: append with every stream's StreamHead.
+    Other details of the request (a trace context) are not kept: these rows are appends
+    made outside any traced request.
     """
 
     def __init__(self) -> None:
@@ -76,6 +78,7 @@ class MemoryLog(EventStore):
         idempotency_key: str | None = None,
         fingerprint: bytes | None = None,
         connection: asyncpg.Connection | None = None,
+        **context: Any,  # Whatever else a caller passes about the request (trace context).
     ) -> AppendResult:
         assert idempotency_key is None
         assert connection is None

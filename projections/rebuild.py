@@ -101,9 +101,9 @@ async def rebuild(
             )
         loop = asyncio.get_running_loop()
         started = loop.time()
-        # A page is tens of thousands of short-lived objects with no cycles among them; the
-        # collector's default pace (every 700 allocations, over everything alive) took a
-        # third of a rebuild's time. Objects alive now are frozen out of its scans.
+        # A page is tens of thousands of short-lived objects with no cycles among them; at
+        # the collector's default pace (every 700 allocations, over everything alive) it
+        # took 10 % of a rebuild. Objects alive now are frozen out of its scans.
         gc.freeze()
         gc.set_threshold(GC_THRESHOLD, *collecting[1:])
         events = await _replay(reader, writers, projections, batch, out)
