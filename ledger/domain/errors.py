@@ -273,6 +273,12 @@ class InstrumentNotTradableError(RiskCheckError):
     code = "INSTRUMENT_NOT_TRADABLE"
 
 
+class TooManyOpenOrdersError(RiskCheckError):
+    """Raised when an account (buys) or a position (sells) has as many open orders as it may."""
+
+    code = "TOO_MANY_OPEN_ORDERS"
+
+
 class MaxNotionalExceededError(RiskCheckError):
     """Raised when an order's notional exceeds the account's maximum order notional."""
 

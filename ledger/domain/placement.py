@@ -33,7 +33,7 @@ from typing import Final
 from ledger.domain import account as account_module
 from ledger.domain import order as order_module
 from ledger.domain import position as position_module
-from ledger.domain.account import AccountState, reserve_cash
+from ledger.domain.account import HOLD_COUNT_MAX, AccountState, reserve_cash
 from ledger.domain.base import Event, StreamEvent, assert_utc
 from ledger.domain.errors import (
     AccountNotFoundError,
@@ -50,6 +50,7 @@ from ledger.domain.errors import (
     RiskCheckError,
     SignalMismatchError,
     SignalNotFoundError,
+    TooManyOpenOrdersError,
 )
 from ledger.domain.instrument import InstrumentState, check_price, check_quantity
 from ledger.domain.money import ZERO, exact, round_up, round_up_to_step
@@ -63,6 +64,7 @@ from ledger.domain.order import (
     TimeInForce,
 )
 from ledger.domain.position import (
+    RESERVATION_COUNT_MAX,
     PositionState,
     open_position,
     position_stream_id,
@@ -165,6 +167,14 @@ def _check_risk(
     limit = account.max_order_notional
     if limit is not None and notional > limit:
         raise MaxNotionalExceededError(f"order notional {notional} exceeds the maximum {limit}")
+    if command.side is Side.BUY and len(account.holds) >= HOLD_COUNT_MAX:
+        raise TooManyOpenOrdersError(f"the account has {HOLD_COUNT_MAX} open buy orders")
+    if (
+        command.side is Side.SELL
+        and position is not None
+        and len(position.reservations) >= RESERVATION_COUNT_MAX
+    ):
+        raise TooManyOpenOrdersError(f"the position has {RESERVATION_COUNT_MAX} open sell orders")
     if command.side is Side.BUY and held > account.available:
         raise InsufficientFundsError(
             f"order needs {held} {account.currency} including fees; {account.available} available"

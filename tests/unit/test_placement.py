@@ -6,6 +6,7 @@ from uuid import UUID
 
 import pytest
 
+from ledger.domain import placement
 from ledger.domain.account import CashReserved
 from ledger.domain.base import StreamEvent
 from ledger.domain.errors import (
@@ -222,6 +223,22 @@ def test_a_sell_needs_an_unreserved_position_unless_shorting_is_allowed() -> Non
     ledger.place(sell_limit(account_id, "6", "55", order_id=UUID(int=7)))
     rejected_with(ledger.decide_place(sell_limit(account_id, "5", "55")), "INSUFFICIENT_POSITION")
     assert len(ledger.decide_place(sell_limit(account_id, "4", "55"))) == 3
+
+
+def test_open_orders_are_capped_per_account_and_per_position(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """At the cap an order is a recorded rejection, not a broken invariant (lowered to 2)."""
+    monkeypatch.setattr(placement, "HOLD_COUNT_MAX", 2)
+    monkeypatch.setattr(placement, "RESERVATION_COUNT_MAX", 2)
+    ledger, account_id = setup(cash="10000")
+    ledger.place(buy_limit(account_id, "10", "50", order_id=OTHER_ORDER_ID))
+    ledger.fill(fill_of("10", "50", order_id=OTHER_ORDER_ID))
+    for number in (11, 12):
+        ledger.place(buy_limit(account_id, "1", "10", order_id=UUID(int=number)))
+        ledger.place(sell_limit(account_id, "1", "60", order_id=UUID(int=number + 10)))
+    rejected_with(ledger.decide_place(buy_limit(account_id, "1", "10")), "TOO_MANY_OPEN_ORDERS")
+    rejected_with(ledger.decide_place(sell_limit(account_id, "1", "60")), "TOO_MANY_OPEN_ORDERS")
 
 
 @pytest.mark.parametrize(
