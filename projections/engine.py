@@ -34,7 +34,7 @@ from projections.folding import fold_batch
 BATCH_MAX: Final = 10_000
 # From this many events to apply, a batch is folded in memory and each row it touches is
 # written once (projections/batch.py, the rebuild's way); below, one statement per event.
-FOLD_FROM: Final = 24
+FOLD_FROM: Final = 8
 
 # Creates the row on first use and locks it for the rest of the transaction.
 _LOCK_CHECKPOINT_SQL: Final = """

@@ -13,6 +13,7 @@ whatever the log's length.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import types
 import typing
@@ -259,8 +260,6 @@ async def replay(
     Pipelined, the next page is read (on `reader`) while the last is folded and written;
     otherwise (when `reader` is also a writer's connection) one step after the other.
     """
-    pages: asyncio.Queue[list[asyncpg.Record] | None] = asyncio.Queue(PAGES_READ_AHEAD)
-
     assert 1 <= page <= PAGE_MAX, page
     pages: asyncio.Queue[tuple[bytes, int] | None] = asyncio.Queue(PAGES_READ_AHEAD)
 
@@ -281,9 +280,13 @@ async def replay(
     if pipelined:
         reading = asyncio.create_task(read())
         try:
-            while (item := await pages.get()) is not None:
+            while (item := await _next_page(pages, reading)) is not None:
                 await fold_and_write(*item)
             await reading
+        except BaseException:
+            with contextlib.suppress(Exception):
+                await folder.wait()  # The writes begun end before the error goes up.
+            raise
         finally:
             reading.cancel()
     else:
@@ -293,6 +296,26 @@ async def replay(
             await fold_and_write(await read_page(reader, folder.folded, end, folder.topics), end)
     await folder.wait()
     return folder.folded
+
+
+async def _next_page(
+    pages: asyncio.Queue[tuple[bytes, int] | None], reading: asyncio.Task[None]
+) -> tuple[bytes, int] | None:
+    """The next page read ahead; the reader's error if it failed (a page it could not
+    read would otherwise never come, and the replay would wait for it forever)."""
+    if pages.empty() and reading.done():
+        reading.result()  # raises the reader's error
+        return None  # Unreachable: a reader that finished put its None first.
+    getting = asyncio.ensure_future(pages.get())
+    try:
+        await asyncio.wait({getting, reading}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        if not getting.done():
+            getting.cancel()
+    if getting.done() and not getting.cancelled():
+        return getting.result()
+    reading.result()  # the reader failed with nothing left in the queue
+    return await pages.get()  # it finished: its None is there
 
 
 async def fold_batch(

@@ -28,6 +28,7 @@ from ledger.store import EventStore
 from projections import scratch, source
 from projections.base import Projection
 from projections.engine import FOLD_FROM, apply_batch, read_checkpoint
+from projections.folding import Folder, replay
 from projections.lag import lag
 from projections.rebuild import rebuild
 from projections.registry import NAMES, PROJECTIONS
@@ -39,6 +40,13 @@ from tests.integration.test_projections_worker import Running, assert_equal_to_t
 from tests.integration.test_projections_worker import running as running
 
 Text = dict[str, list[str]]
+# What asyncpg raises on a connection the server has terminated, by where it was caught.
+CONNECTION_LOST = (
+    asyncpg.PostgresConnectionError,
+    asyncpg.InterfaceError,
+    asyncpg.exceptions.InternalClientError,
+    ConnectionError,
+)
 
 
 class Busy(Scenario):
@@ -145,6 +153,44 @@ async def test_any_page_and_any_projections_rebuild_to_the_live_rows(
     async with prepared.pool.acquire() as connection:
         rebuilt = await text_rows(connection, names)
     assert rebuilt == {table: prepared.live[table] for table in rebuilt}
+
+
+@pytest.mark.parametrize("pages_read", [0, 2])
+async def test_a_page_that_cannot_be_read_fails_the_replay(
+    prepared: Prepared, pages_read: int
+) -> None:
+    """The reader reads ahead in a task of its own; when it fails (here its connection is
+    terminated by the server, after `pages_read` pages), the replay raises that error
+    instead of waiting for the page for ever."""
+    projection, schema = PROJECTIONS["orders"], "replay_unreadable"
+    reader = await asyncpg.connect(prepared.url)
+    writer = await asyncpg.connect(prepared.url)
+    try:
+        await scratch.prepare(writer, projection, schema)
+        folder = Folder([projection], [writer], lambda name: schema, after=0)
+        head = await source.head(writer)
+        pid = reader.get_server_pid()
+        pages: list[int] = []
+        killing: list[asyncio.Future[Any]] = []
+
+        def advance(count: int) -> None:
+            pages.append(count)
+            if len(pages) == pages_read:
+                kill = prepared.pool.execute("SELECT pg_terminate_backend($1)", pid)
+                killing.append(asyncio.ensure_future(kill))
+
+        if pages_read == 0:
+            await prepared.pool.execute("SELECT pg_terminate_backend($1)", pid)
+        async with asyncio.timeout(30):  # a TimeoutError here is the bug: a replay that hangs
+            with pytest.raises(CONNECTION_LOST):
+                await replay(reader, folder, head, page=5, advance=advance)
+        await asyncio.gather(*killing)
+        assert len(pages) >= pages_read
+        assert folder.folded < head
+    finally:
+        writer.terminate()
+        reader.terminate()
+        await prepared.pool.execute(f"DROP SCHEMA IF EXISTS {schema} CASCADE")
 
 
 async def keep_appending(pool: asyncpg.Pool, stop: asyncio.Event, seed: int) -> int:
