@@ -16,7 +16,9 @@ from typing import Any
 import asyncpg
 import msgspec
 import nats
+import nats.js.errors
 import pytest
+from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
 from ledger.store import EventStore
 from projections import source
@@ -226,4 +228,42 @@ async def test_workers_started_before_the_relay_wait_for_its_stream(
         client = await nats.connect(nats_url)
         with contextlib.suppress(Exception):
             await client.jetstream().delete_stream(stream)
+        await client.close()
+
+
+async def test_batches_are_acked_with_one_ack_and_old_durables_are_made_again(
+    running: Running, nats_url: str
+) -> None:
+    """Durables ack with AckPolicy.ALL, one ack per batch; one left by an earlier release,
+    acked message by message, is deleted and made again where the checkpoint says."""
+    client = await nats.connect(nats_url)
+    try:
+        jetstream = client.jetstream()
+        await Scenario(EventStore(running.pool), seed=61, tag="a").run(60)
+        async with asyncio.timeout(CATCH_UP_TIMEOUT_S):
+            while True:  # The relay has made the stream and published into it.
+                with contextlib.suppress(nats.js.errors.NotFoundError):
+                    if (await jetstream.stream_info(running.stream)).state.messages > 0:
+                        break
+                await asyncio.sleep(0.05)
+        old = ConsumerConfig(
+            durable_name="projection-orders",
+            ack_policy=AckPolicy.EXPLICIT,
+            deliver_policy=DeliverPolicy.ALL,
+        )
+        await jetstream.add_consumer(running.stream, old)
+        running.start_workers(nats_url, count=1)
+        await running.caught_up()
+        await Scenario(EventStore(running.pool), seed=62, tag="b").run(60)
+        await running.caught_up()
+        await assert_equal_to_the_fold(running.pool)
+        async with asyncio.timeout(CATCH_UP_TIMEOUT_S):
+            for name in PROJECTIONS:
+                while True:
+                    info = await jetstream.consumer_info(running.stream, f"projection-{name}")
+                    assert info.config.ack_policy == AckPolicy.ALL
+                    if info.num_ack_pending == 0 and info.num_pending == 0:
+                        break
+                    await asyncio.sleep(0.05)
+    finally:
         await client.close()

@@ -169,20 +169,21 @@ async def test_every_event_is_published_once_in_sequence_order(
     assert body.event_id == stored.event_id == UUID(header(message, "Nats-Msg-Id"))
     assert bytes(body.data) == stored.data
     assert body.hash == stored.hash.hex()
-    assert header(message, "Ledger-Topic") == stored.topic
-    assert header(message, "Ledger-Stream-Type") == "test"
+    assert body.topic == stored.topic
+    assert body.stream_type == "test"
+    assert set(message.headers or {}) <= {"Nats-Msg-Id", "Ledger-Sequence", "Nats-Expected-Stream"}
     info = await nats_client.jetstream().stream_info(setup.options.stream_name)
     assert info.config.duplicate_window == setup.options.duplicate_window_s
 
 
-async def test_correlation_id_travels_in_the_headers(setup: Setup, nats_client: NatsClient) -> None:
+async def test_correlation_id_travels_in_the_body(setup: Setup, nats_client: NatsClient) -> None:
     setup.start()
     stream, correlation_id = new_stream(), UUID(int=7)
     event = noted(stream, 1)
     await setup.store.append([event], {stream: 0}, correlation_id=correlation_id, actor="u1")
     await all_published(setup, nats_client, [event.event_id])
     message = (await published_messages(nats_client, setup.options.stream_name))[0]
-    assert header(message, "Ledger-Correlation-Id") == str(correlation_id)
+    assert body_of(message).correlation_id == correlation_id
     assert body_of(message).actor == "u1"
 
 
