@@ -10,7 +10,10 @@ from the log). The row lock also serialises two appliers of one projection.
 Both the JetStream worker and the tests use this, on schema `read` (live) or another, set
 as the transaction's search_path. A batch of FOLD_FROM events or more to apply is folded
 in memory and each row written once, as a rebuild does (projections/folding.py); a
-smaller one runs one statement per event.
+smaller one runs one statement per event. A batch holding no event the projection handles
+(most batches, for most projections) only moves the checkpoint, in one statement that
+checks the same things (`_skip`). With `announce` (the worker), the new checkpoint is
+sent on projections.notify.CHANNEL by the statement that moves it, at the commit.
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ from projections.base import (
     check_schema,
 )
 from projections.folding import fold_batch
+from projections.notify import CHANNEL
 
 BATCH_MAX: Final = 10_000
 # From this many events to apply, a batch is folded in memory and each row it touches is
@@ -46,6 +50,27 @@ _MOVE_CHECKPOINT_SQL: Final = """
 UPDATE checkpoints SET sequence = $2, updated_at = now(),
     failing = false, last_error = NULL, parked_sequence = NULL
 WHERE projection = $1"""
+
+
+# A batch of events the projection does not handle only moves its checkpoint: one
+# statement, when the batch starts at or before checkpoint + 1 and runs on without a gap.
+_SKIP_SQL: Final = """
+UPDATE {schema}.checkpoints AS c SET sequence = $3, updated_at = now(),
+    failing = false, last_error = NULL, parked_sequence = NULL
+FROM (SELECT sequence FROM {schema}.checkpoints WHERE projection = $1 FOR UPDATE) AS b
+WHERE c.projection = $1 AND b.sequence BETWEEN $2 - 1 AND $3 - 1
+RETURNING b.sequence AS before, c.sequence"""
+
+# Listeners (api/queries/waiting.py) are told at the commit, in the statement that moves
+# the checkpoint (a NOTIFY of its own cost a round trip and a transaction per batch).
+_ANNOUNCE_SQL: Final = """
+WITH moved AS ({move})
+SELECT moved.*, pg_notify('{channel}', $1 || ':' || moved.sequence) FROM moved"""
+
+
+_ANNOUNCE_MOVE_SQL: Final = _ANNOUNCE_SQL.format(
+    move=_MOVE_CHECKPOINT_SQL + "\nRETURNING sequence", channel=CHANNEL
+)
 
 
 class SequenceGapError(Exception):
@@ -85,11 +110,19 @@ async def apply_batch(
     events: Sequence[LoggedEvent],
     *,
     schema: str = LIVE_SCHEMA,
+    announce: bool = False,
 ) -> Applied:
-    """Apply `events` (any order, duplicates allowed) past the checkpoint, in one transaction."""
+    """Apply `events` (any order, duplicates allowed) past the checkpoint, in one transaction.
+
+    With `announce`, the new checkpoint is sent on projections.notify.CHANNEL at the commit.
+    """
     assert len(events) <= BATCH_MAX, len(events)
     ordered = sorted(events, key=lambda logged: logged.sequence)
     topics = projection.topics
+    if ordered and not any(logged.topic in topics for logged in ordered):
+        skipped = await _skip(connection, projection.name, ordered, schema, announce)
+        if skipped is not None:
+            return skipped
     async with connection.transaction():
         # The commit does not wait for its WAL to reach disk. A crash of PostgreSQL may then
         # lose the last batches' rows and checkpoint together, after the worker acked
@@ -121,7 +154,26 @@ async def apply_batch(
             await handler(connection, event, logged.meta)
         applied = len(handled)
         if last > checkpoint:
-            await connection.execute(
-                _MOVE_CHECKPOINT_SQL, projection.name, last, timeout=STATEMENT_TIMEOUT_S
-            )
+            move = _ANNOUNCE_MOVE_SQL if announce else _MOVE_CHECKPOINT_SQL
+            await connection.execute(move, projection.name, last, timeout=STATEMENT_TIMEOUT_S)
     return Applied(checkpoint, last, applied)
+
+
+async def _skip(
+    connection: asyncpg.Connection,
+    name: str,
+    ordered: Sequence[LoggedEvent],
+    schema: str,
+    announce: bool,
+) -> Applied | None:
+    """Move the checkpoint past a batch of events the projection does not handle, in one
+    statement; None when that cannot be done so (a gap before or within the batch, the
+    checkpoint already past it, no checkpoint row yet): apply_batch's transaction decides.
+    """
+    first, last = ordered[0].sequence, ordered[-1].sequence
+    if last - first + 1 != len({logged.sequence for logged in ordered}):
+        return None
+    skip = _SKIP_SQL.format(schema=check_schema(schema))
+    statement = _ANNOUNCE_SQL.format(move=skip, channel=CHANNEL) if announce else skip
+    moved = await connection.fetch(statement, name, first, last, timeout=STATEMENT_TIMEOUT_S)
+    return Applied(moved[0]["before"], last, 0) if moved else None

@@ -54,7 +54,6 @@ from ledger import tracing
 from projections import source
 from projections.base import STATEMENT_TIMEOUT_S, LoggedEvent, Projection
 from projections.engine import Applied, SequenceGapError, apply_batch, read_checkpoint
-from projections.notify import notify_projected
 from projections.registry import select
 
 WORKER_LOCK_CLASS: Final = 0x1ED6E8
@@ -132,7 +131,12 @@ async def run_projections(
         max_reconnect_attempts=-1,
     )
     pool = await asyncpg.create_pool(
-        database_url, min_size=1, max_size=len(projections) + 1, timeout=options.connect_timeout_s
+        database_url,
+        min_size=1,
+        max_size=len(projections) + 1,
+        timeout=options.connect_timeout_s,
+        # As apply_batch's transactions: a lost commit is a gap filled from the log.
+        server_settings={"synchronous_commit": "off"},
     )
     provider = trace.get_tracer_provider() if tracer_provider is None else tracer_provider
     tracer = provider.get_tracer("projections.worker")
@@ -176,7 +180,6 @@ class Runner:
         self.client = client
         self.options = options
         self.parked: Parked | None = None
-        self.notified = 0  # the last checkpoint announced on projections.notify.CHANNEL
 
     async def run(self, stop: asyncio.Event) -> None:
         failures = 0
@@ -310,9 +313,6 @@ class Runner:
         last = _last_applied(messages, events, applied)
         if last is not None:
             await last.ack()  # AckPolicy.ALL: and every message delivered before it
-        if applied > self.notified:  # committed: wake the API's read-your-writes waiters
-            await notify_projected(connection, self.projection.name, applied)
-            self.notified = applied
 
     def _apply_spans(
         self, messages: Sequence[Msg], events: Sequence[LoggedEvent]
@@ -384,7 +384,7 @@ class Runner:
     async def _apply(self, connection: asyncpg.Connection, events: list[LoggedEvent]) -> Applied:
         """apply_batch, first filling from the log any gap before the batch."""
         try:
-            return await apply_batch(connection, self.projection, events)
+            return await apply_batch(connection, self.projection, events, announce=True)
         except SequenceGapError as gap:
             after = gap.expected - 1
             while after < gap.found - 1:
@@ -393,8 +393,9 @@ class Runner:
                 )
                 if not missing:
                     raise
-                after = (await apply_batch(connection, self.projection, missing)).after
-            return await apply_batch(connection, self.projection, events)
+                applied = await apply_batch(connection, self.projection, missing, announce=True)
+                after = applied.after
+            return await apply_batch(connection, self.projection, events, announce=True)
 
     async def _park(self, connection: asyncpg.Connection, sequence: int, error: str) -> None:
         log.error("%s: parked at sequence %s: %s", self.name, sequence, error)

@@ -16,7 +16,9 @@ import pytest
 
 from ledger.store import EventStore
 from projections import source
+from projections.base import LoggedEvent
 from projections.engine import SequenceGapError, apply_batch, read_checkpoint
+from projections.notify import CHANNEL
 from projections.rebuild import rebuild
 from projections.registry import PROJECTIONS
 from projections.scenario import Scenario
@@ -132,6 +134,61 @@ async def test_a_batch_past_a_gap_is_refused_and_writes_nothing(session: Session
         assert await snapshot(connection) == before
         # The gap filled, the same events apply.
         assert (await apply_batch(connection, projection, batch[50:])).after == 200
+
+
+async def test_a_batch_the_projection_does_not_handle_moves_only_its_checkpoint(
+    session: Session,
+) -> None:
+    """Such a batch is one statement (apply_batch's skip): exact before and after, the
+    same refusals past a gap, and with `announce` the new checkpoint sent to listeners."""
+    projection = PROJECTIONS["users"]
+    heard: asyncio.Queue[str] = asyncio.Queue()
+    async with session.pool.acquire() as connection, session.pool.acquire() as listener:
+
+        def hear(*args: Any) -> None:
+            heard.put_nowait(args[3])
+
+        await listener.add_listener(CHANNEL, hear)
+        batch = await source.read_after(connection, 0, limit=session.head)
+        unhandled = [event for event in batch if event.topic not in projection.topics]
+        runs = _contiguous_runs(unhandled)
+        assert len(runs) >= 3
+        assert len(runs[1]) >= 2
+        first, second = runs[0], runs[1]
+        # Up to the first run: the whole way.
+        upto = [event for event in batch if event.sequence <= first[-1].sequence]
+        await apply_batch(connection, projection, upto)
+        before = await snapshot(connection)
+        # The first run again: redelivered, nothing moves.
+        again = await apply_batch(connection, projection, first, announce=True)
+        assert (again.before, again.after, again.applied) == (first[-1].sequence,) * 2 + (0,)
+        # Past a gap (what lies between the runs is missing): refused, nothing written.
+        with pytest.raises(SequenceGapError):
+            await apply_batch(connection, projection, second, announce=True)
+        assert await read_checkpoint(connection, "users") == first[-1].sequence
+        assert await snapshot(connection) == before
+        # What lies between, then the second run: its half overlapping, half new.
+        between = [e for e in batch if first[-1].sequence < e.sequence < second[0].sequence]
+        await apply_batch(connection, projection, between)
+        middle = second[0].sequence
+        await apply_batch(connection, projection, second[:1])
+        skipped = await apply_batch(connection, projection, second, announce=True)
+        assert (skipped.before, skipped.after, skipped.applied) == (middle, second[-1].sequence, 0)
+        assert await read_checkpoint(connection, "users") == second[-1].sequence
+        async with asyncio.timeout(10):
+            assert await heard.get() == f"users:{second[-1].sequence}"
+        assert heard.empty()  # the redelivery and the refused batch announced nothing
+        await listener.remove_listener(CHANNEL, hear)
+
+
+def _contiguous_runs(events: list[LoggedEvent]) -> list[list[LoggedEvent]]:
+    runs: list[list[LoggedEvent]] = []
+    for event in events:
+        if runs and runs[-1][-1].sequence + 1 == event.sequence:
+            runs[-1].append(event)
+        else:
+            runs.append([event])
+    return runs
 
 
 async def read_indexes(connection: asyncpg.Connection) -> list[tuple[str, str]]:
