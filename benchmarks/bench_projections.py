@@ -39,7 +39,7 @@ import nats
 import uvloop
 
 from benchmarks.bulk_log import generate
-from benchmarks.common import database_server, median, report, scratch_database
+from benchmarks.common import _cpu_ticks, database_server, median, report, scratch_database
 from benchmarks.projection_roles import memory_kb
 from benchmarks.steady_load import Watcher, set_up, steady
 from commands.bootstrap import bootstrap
@@ -50,6 +50,7 @@ from projections.rebuild import scratch_schema
 from projections.registry import select
 
 RSS_SAMPLE_S = 0.5
+TICK_S = 1.0 / os.sysconf("SC_CLK_TCK")
 
 
 async def verify_sample(url: str, head: int, streams: int = 200) -> str:
@@ -169,6 +170,13 @@ async def caught_up(pool: asyncpg.Pool, timeout_s: float = 120) -> None:
             await asyncio.sleep(0.1)
 
 
+def cpu_seconds(processes: dict[str, asyncio.subprocess.Process]) -> dict[str, float]:
+    """CPU seconds so far of the relay, the workers and this process (the commands)."""
+    used = {role: (_cpu_ticks(process.pid) or 0) * TICK_S for role, process in processes.items()}
+    used["commands"] = time.process_time()
+    return used
+
+
 def sampled_rss(pids: dict[str, int], samples: dict[str, list[float]]) -> None:
     for role, pid in pids.items():
         rss = memory_kb(pid, "VmRSS")
@@ -198,10 +206,16 @@ async def live_phase(url: str, nats_url: str, arguments: argparse.Namespace) -> 
         watching = asyncio.create_task(watcher.run(stop_watching))
         await steady(ledger, market, watcher, arguments.rate, arguments.warmup, seed=1)
         watcher.recording = True
+        before = cpu_seconds(live.processes)
+        head = await pool.fetchval("SELECT coalesce(max(sequence), 0) FROM ledger.sequence")
         load = await steady(ledger, market, watcher, arguments.rate, arguments.seconds, seed=2)
         await caught_up(pool)
+        spent = {role: cpu - before[role] for role, cpu in cpu_seconds(live.processes).items()}
+        events = await pool.fetchval("SELECT max(sequence) FROM ledger.sequence") - head
         watcher.recording = False
-        figures.update(lags=watcher.lags_ms, load=load)
+        figures.update(
+            lags=watcher.lags_ms, stages=watcher.stages_ms, load=load, cpu=spent, events=events
+        )
         # The same load again, with a rebuild of everything beside it.
         samples: dict[str, list[float]] = {}
         rebuilding = await spawn("rebuild", url, str(arguments.page))
@@ -245,6 +259,18 @@ def print_live(figures: dict[str, Any], arguments: argparse.Namespace) -> None:
             f"p90 {percentile(lags, 0.9):.1f} ms, p99 {percentile(lags, 0.99):.1f} ms, "
             f"max {max(lags):.1f} ms over {len(lags):,} commands"
         )
+    for stage, values in figures["stages"].items():
+        if values:
+            print(
+                f"    commit -> {stage}: p50 {statistics.median(values):.1f} ms, "
+                f"p99 {percentile(values, 0.99):.1f} ms"
+            )
+    commands, events = load.started, figures["events"]
+    if commands and events:
+        spent = ", ".join(
+            f"{role} {seconds * 1e3 / events:.2f}" for role, seconds in figures["cpu"].items()
+        )
+        print(f"  CPU ms per event ({events / commands:.1f} events per command): {spent}")
     under = figures["under_load"]
     print(
         f"  rebuild beside the relay, the workers and the load: "

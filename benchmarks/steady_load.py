@@ -10,12 +10,14 @@ Visibility: a command's commit time is when its handler returns; it is visible w
 read model's checkpoint (read.checkpoints) reaches the sequence of its last event. A
 watcher polls the checkpoints every POLL_S (one query for both) and maps newly applied
 sequences to log positions, so a lag is from commit to the first poll that sees it
-(resolution ~POLL_S).
+(resolution ~POLL_S). The same query reads the relay's cursors, so each lag is also
+split into its stages: commit to sequenced, to published on JetStream, to applied.
 """
 
 from __future__ import annotations
 
 import asyncio
+import bisect
 import random
 import time
 from collections import OrderedDict, deque
@@ -45,6 +47,7 @@ CASH: Final = Decimal("1000000000")
 PRICE: Final = Decimal("10.00")
 PASSWORD_HASH: Final = "$argon2id$v=19$m=65536,t=3,p=4$c29tZXNhbHQ$RdescudvJCsgt3ub+b+dWRWJTmaaJObG"
 WATCHED: Final = ("accounts", "orders")
+CURSORS: Final = ("sequenced", "published")  # the relay's, in ledger.relay_state
 
 
 @dataclass
@@ -124,21 +127,34 @@ class Watcher:
         self.pool = pool
         self.waiting: dict[str, dict[int, list[float]]] = {name: {} for name in WATCHED}
         # Positions applied with nobody waiting yet (a handler may return after that).
-        self.shown: dict[str, OrderedDict[int, float]] = {name: OrderedDict() for name in WATCHED}
+        self.shown: dict[str, OrderedDict[int, tuple[float, int]]] = {
+            name: OrderedDict() for name in WATCHED
+        }
         self.seen: dict[str, int] = {}
         self.lags_ms: list[float] = []
         self.recording = False
+        # When the relay's sequenced and published cursors were first seen at or past a
+        # value: (times, values) in polling order, for the stages of each lag.
+        self.cursors: dict[str, tuple[list[float], list[int]]] = {
+            name: ([], []) for name in CURSORS
+        }
+        self.stages_ms: dict[str, list[float]] = {name: [] for name in CURSORS}
 
     def expect(self, projection: str, position: int, committed: float) -> None:
         shown = self.shown[projection].pop(position, None)
         if shown is not None:  # Applied before its handler had even returned.
-            self._record(max(shown - committed, 0.0))
+            self._record(shown[0], committed, shown[1])
         else:
             self.waiting[projection].setdefault(position, []).append(committed)
 
-    def _record(self, lag_s: float) -> None:
-        if self.recording:
-            self.lags_ms.append(lag_s * 1000)
+    def _record(self, shown: float, committed: float, sequence: int) -> None:
+        if not self.recording:
+            return
+        self.lags_ms.append(max(shown - committed, 0.0) * 1000)
+        for name, (times, values) in self.cursors.items():
+            index = bisect.bisect_left(values, sequence)
+            if index < len(values):
+                self.stages_ms[name].append(max(times[index] - committed, 0.0) * 1000)
 
     async def run(self, stop: asyncio.Event) -> None:
         async with self.pool.acquire() as connection:
@@ -149,35 +165,45 @@ class Watcher:
 
     async def _poll(self, connection: asyncpg.Connection) -> None:
         checkpoints = await _checkpoints(connection)
-        for name, checkpoint in checkpoints.items():
+        polled = time.perf_counter()
+        for name in CURSORS:
+            times, values = self.cursors[name]
+            if not values or checkpoints[name] > values[-1]:
+                times.append(polled)
+                values.append(checkpoints[name])
+        for name in WATCHED:
+            checkpoint = checkpoints[name]
             if checkpoint <= self.seen[name]:
                 continue
             positions = await connection.fetch(
-                "SELECT position FROM ledger.sequence WHERE sequence > $1 AND sequence <= $2",
+                "SELECT position, sequence FROM ledger.sequence "
+                "WHERE sequence > $1 AND sequence <= $2",
                 self.seen[name],
                 checkpoint,
             )
             now = time.perf_counter()
             self.seen[name] = checkpoint
             waiting, shown = self.waiting[name], self.shown[name]
-            for (position,) in positions:
+            for position, sequence in positions:
                 committed_all = waiting.pop(position, None)
                 if committed_all is None:
-                    shown[position] = now
+                    shown[position] = (now, sequence)
                     if len(shown) > SHOWN_MAX:
                         shown.popitem(last=False)
                     continue
                 for committed in committed_all:
-                    self._record(now - committed)
+                    self._record(now, committed, sequence)
 
 
 async def _checkpoints(connection: asyncpg.Connection) -> dict[str, int]:
-    """The watched projections' checkpoints, in one query."""
+    """The watched projections' checkpoints and the relay's cursors, in one query."""
     rows = await connection.fetch(
-        "SELECT projection, sequence FROM read.checkpoints WHERE projection = ANY($1::text[])",
+        "SELECT projection, sequence FROM read.checkpoints WHERE projection = ANY($1::text[]) "
+        "UNION ALL SELECT 'sequenced', sequenced FROM ledger.relay_state "
+        "UNION ALL SELECT 'published', published FROM ledger.relay_state",
         list(WATCHED),
     )
-    found = dict.fromkeys(WATCHED, 0)
+    found = dict.fromkeys((*WATCHED, *CURSORS), 0)
     found.update({row[0]: int(row[1]) for row in rows})
     return found
 
