@@ -13,9 +13,12 @@
   `ledger_lag_up{source}` to 0 and counts `ledger_lag_errors_total{source, reason}`,
   and the scrape still answers with everything else.
 
-The metrics live in prometheus_client's default registry, one per process: with
-several worker processes, set PROMETHEUS_MULTIPROC_DIR (the controller then merges
-them) or scrape each process.
+The metrics live in prometheus_client's default registry, one per process. Under
+`ledger serve --workers N` every worker writes them to a folder they share
+(PROMETHEUS_MULTIPROC_DIR, ledger/serve_workers.py) and the controller merges it at each
+scrape: counters and histograms add up over the workers; the lag gauges, which the
+scraped worker has just read from PostgreSQL, take the most recent value of any worker
+(`mostrecent`; the mode is ignored in a single process).
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
+from collections.abc import Sequence
 from typing import Any, Final
 
 from litestar import Request
@@ -46,6 +50,12 @@ logger = logging.getLogger(__name__)
 
 PATH: Final = "/metrics"
 
+
+def _latest(name: str, documentation: str, labels: Sequence[str] = ()) -> Gauge:
+    """A gauge whose value, merged over several workers, is the one set last."""
+    return Gauge(name, documentation, labels, multiprocess_mode="mostrecent")
+
+
 COMMANDS: Final = Counter(
     "ledger_commands_total",
     "Commands executed, by command type and outcome (success, replayed or error code).",
@@ -59,29 +69,29 @@ COMMAND_DURATION: Final = Histogram(
 APPENDS: Final = Counter("ledger_appends_total", "Appends that wrote events.")
 EVENTS_APPENDED: Final = Counter("ledger_events_appended_total", "Events appended.")
 
-RELAY_SEQUENCED: Final = Gauge("ledger_relay_sequenced", "Last sequence numbered by the relay.")
-RELAY_PUBLISHED: Final = Gauge("ledger_relay_published", "Last sequence acked by JetStream.")
-RELAY_EVENTS_BEHIND: Final = Gauge(
+RELAY_SEQUENCED: Final = _latest("ledger_relay_sequenced", "Last sequence numbered by the relay.")
+RELAY_PUBLISHED: Final = _latest("ledger_relay_published", "Last sequence acked by JetStream.")
+RELAY_EVENTS_BEHIND: Final = _latest(
     "ledger_relay_events_behind",
     "Committed events not yet published (those not yet numbered counted up to 10,000).",
 )
-RELAY_SECONDS_BEHIND: Final = Gauge(
+RELAY_SECONDS_BEHIND: Final = _latest(
     "ledger_relay_seconds_behind", "Age of the oldest event not yet published; 0 when none."
 )
 _RELAY_GAUGES: Final = (RELAY_SEQUENCED, RELAY_PUBLISHED, RELAY_EVENTS_BEHIND, RELAY_SECONDS_BEHIND)
 
-PROJECTION_CHECKPOINT: Final = Gauge(
+PROJECTION_CHECKPOINT: Final = _latest(
     "ledger_projection_checkpoint", "Last sequence applied by the projection.", ["projection"]
 )
-PROJECTION_EVENTS_BEHIND: Final = Gauge(
+PROJECTION_EVENTS_BEHIND: Final = _latest(
     "ledger_projection_events_behind", "Sequenced events not yet applied.", ["projection"]
 )
-PROJECTION_SECONDS_BEHIND: Final = Gauge(
+PROJECTION_SECONDS_BEHIND: Final = _latest(
     "ledger_projection_seconds_behind",
     "Age of the oldest event not yet applied; 0 when none.",
     ["projection"],
 )
-PROJECTION_FAILING: Final = Gauge(
+PROJECTION_FAILING: Final = _latest(
     "ledger_projection_failing", "1 when a poison event parked the projection.", ["projection"]
 )
 _PROJECTION_GAUGES: Final = (
@@ -91,10 +101,8 @@ _PROJECTION_GAUGES: Final = (
     PROJECTION_FAILING,
 )
 
-LAG_UP: Final = Gauge(
-    "ledger_lag_up",
-    "1 when this scrape read the lag from PostgreSQL in time, else 0.",
-    ["source"],
+LAG_UP: Final = _latest(
+    "ledger_lag_up", "1 when this scrape read the lag from PostgreSQL in time, else 0.", ["source"]
 )
 LAG_ERRORS: Final = Counter(
     "ledger_lag_errors_total",

@@ -10,16 +10,23 @@ killed outright leaves no worker behind.
 
 Each worker builds its own app from the settings the supervisor resolved (environment
 plus command-line options, passed to it pickled), with its own pool, NATS connection,
-stream cache, tracer provider and metrics: see ADR 0008 for what is per process.
+stream cache, tracer provider and metrics: see ADR 0008 for what is per process. The
+metrics are written to a folder the workers share (`shared_metrics`), so that /metrics
+answers for the whole server whichever worker takes the scrape.
 """
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import functools
 import os
+import shutil
 import signal
 import sys
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
 from typing import Final
 
 import uvicorn
@@ -33,6 +40,8 @@ from ledger.tracing import tracer_provider
 WORKERS_MAX: Final = 64
 STOP_TIMEOUT_S: Final = 10
 PR_SET_PDEATHSIG: Final = 1
+MULTIPROC_DIR: Final = "PROMETHEUS_MULTIPROC_DIR"
+METRICS_FOLDER_PREFIX: Final = "ledger-metrics-"
 
 
 def serve_workers(settings: Settings, workers: int) -> int:
@@ -57,10 +66,39 @@ def serve_workers(settings: Settings, workers: int) -> int:
     )
     socket = config.bind_socket()
     try:
-        Multiprocess(config, sockets=[socket]).run()
+        with shared_metrics():
+            Multiprocess(config, sockets=[socket]).run()
     finally:
         socket.close()
     return 0
+
+
+@contextlib.contextmanager
+def shared_metrics() -> Iterator[Path]:
+    """The workers' Prometheus metrics in one folder, so that any worker's /metrics
+    answers for all of them (prometheus_client's multiprocess mode; Litestar's controller
+    merges the folder when PROMETHEUS_MULTIPROC_DIR is set). Without it a scrape saw the
+    counters of whichever worker took the connection.
+
+    The folder given in PROMETHEUS_MULTIPROC_DIR is emptied of earlier runs' files, as
+    prometheus_client asks; without one, a folder of this run's is made and removed at the
+    end. Set before the workers are spawned: they read it when they import the metrics.
+    """
+    given = os.environ.get(MULTIPROC_DIR)
+    if given:
+        folder = Path(given)
+        folder.mkdir(parents=True, exist_ok=True)
+        for stale in folder.glob("*.db"):
+            stale.unlink()
+        yield folder
+        return
+    folder = Path(tempfile.mkdtemp(prefix=f"{METRICS_FOLDER_PREFIX}{os.getpid()}-"))
+    os.environ[MULTIPROC_DIR] = str(folder)
+    try:
+        yield folder
+    finally:
+        del os.environ[MULTIPROC_DIR]
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 def worker_app(settings: Settings, supervisor_pid: int) -> Litestar:

@@ -16,6 +16,7 @@ import secrets
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -671,6 +672,12 @@ def test_ledger_serve_with_workers_serves_from_each_and_stops_them_all(
         for _ in range(20):
             # A new connection each time: whichever worker accepts it answers.
             assert httpx.get(f"{url}/health", timeout=5).status_code == 200
+        # The metrics of both workers are in one folder, and any scrape counts them all.
+        (folder,) = Path(tempfile.gettempdir()).glob(f"ledger-metrics-{process.pid}-*")
+        written = {int(path.stem.rsplit("_", 1)[1]) for path in folder.glob("counter_*.db")}
+        assert written == set(workers)
+        for _ in range(6):
+            assert health_requests(httpx.get(f"{url}/metrics", timeout=5).text) >= 20
         process.send_signal(signal.SIGTERM)
         assert process.wait(WAIT_S) == 0, log_path.read_text()
     finally:
@@ -680,6 +687,16 @@ def test_ledger_serve_with_workers_serves_from_each_and_stops_them_all(
     assert wait_gone(descendants) == [], log_path.read_text()
     assert set(workers) <= set(descendants)
     assert log_path.read_text().count("Application shutdown complete") == 2
+    assert not folder.exists()
+
+
+def health_requests(metrics: str) -> float:
+    """GET /health requests counted in a scrape, over every label set."""
+    return sum(
+        float(line.rsplit(" ", 1)[1])
+        for line in metrics.splitlines()
+        if line.startswith("ledger_http_requests_total{") and 'path="/health"' in line
+    )
 
 
 def test_workers_of_a_killed_ledger_serve_stop_too(
