@@ -13,11 +13,12 @@ in memory and each row written once, as a rebuild does (projections/folding.py);
 smaller one runs one statement per event. A batch holding no event the projection handles
 (most batches, for most projections) only moves the checkpoint, in one statement that
 checks the same things (`_skip`). With `announce` (the worker), the new checkpoint is
-sent on projections.notify.CHANNEL by the statement that moves it, at the commit.
+sent by the statement that moves it, at the commit (projections.notify.announcing).
 """
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from typing import Final
 
@@ -33,7 +34,7 @@ from projections.base import (
     check_schema,
 )
 from projections.folding import fold_batch
-from projections.notify import CHANNEL
+from projections.notify import announcing
 
 BATCH_MAX: Final = 10_000
 # From this many events to apply, a batch is folded in memory and each row it touches is
@@ -46,31 +47,29 @@ INSERT INTO checkpoints AS c (projection) VALUES ($1)
 ON CONFLICT (projection) DO UPDATE SET projection = c.projection
 RETURNING c.sequence"""
 
-_MOVE_CHECKPOINT_SQL: Final = """
-UPDATE checkpoints SET sequence = $2, updated_at = now(),
-    failing = false, last_error = NULL, parked_sequence = NULL
+# What moving a checkpoint sets (a move also clears a parked projection's failure).
+_MOVED: Final = """sequence = {sequence}, updated_at = now(),
+    failing = false, last_error = NULL, parked_sequence = NULL"""
+
+_MOVE_CHECKPOINT_SQL: Final = f"""
+UPDATE checkpoints SET {_MOVED.format(sequence="$2")}
 WHERE projection = $1"""
 
+_ANNOUNCE_MOVE_SQL: Final = announcing(_MOVE_CHECKPOINT_SQL + "\nRETURNING sequence")
 
 # A batch of events the projection does not handle only moves its checkpoint: one
 # statement, when the batch starts at or before checkpoint + 1 and runs on without a gap.
-_SKIP_SQL: Final = """
-UPDATE {schema}.checkpoints AS c SET sequence = $3, updated_at = now(),
-    failing = false, last_error = NULL, parked_sequence = NULL
-FROM (SELECT sequence FROM {schema}.checkpoints WHERE projection = $1 FOR UPDATE) AS b
+_SKIP_SQL: Final = f"""
+UPDATE {{schema}}.checkpoints AS c SET {_MOVED.format(sequence="$3")}
+FROM (SELECT sequence FROM {{schema}}.checkpoints WHERE projection = $1 FOR UPDATE) AS b
 WHERE c.projection = $1 AND b.sequence BETWEEN $2 - 1 AND $3 - 1
 RETURNING b.sequence AS before, c.sequence"""
 
-# Listeners (api/queries/waiting.py) are told at the commit, in the statement that moves
-# the checkpoint (a NOTIFY of its own cost a round trip and a transaction per batch).
-_ANNOUNCE_SQL: Final = """
-WITH moved AS ({move})
-SELECT moved.*, pg_notify('{channel}', $1 || ':' || moved.sequence) FROM moved"""
 
-
-_ANNOUNCE_MOVE_SQL: Final = _ANNOUNCE_SQL.format(
-    move=_MOVE_CHECKPOINT_SQL + "\nRETURNING sequence", channel=CHANNEL
-)
+@functools.lru_cache(maxsize=64)
+def _skip_sql(schema: str, announce: bool) -> str:
+    skip = _SKIP_SQL.format(schema=check_schema(schema))
+    return announcing(skip) if announce else skip
 
 
 class SequenceGapError(Exception):
@@ -114,7 +113,7 @@ async def apply_batch(
 ) -> Applied:
     """Apply `events` (any order, duplicates allowed) past the checkpoint, in one transaction.
 
-    With `announce`, the new checkpoint is sent on projections.notify.CHANNEL at the commit.
+    With `announce`, the new checkpoint is notified at the commit (notify.announcing).
     """
     assert len(events) <= BATCH_MAX, len(events)
     ordered = sorted(events, key=lambda logged: logged.sequence)
@@ -173,7 +172,6 @@ async def _skip(
     first, last = ordered[0].sequence, ordered[-1].sequence
     if last - first + 1 != len({logged.sequence for logged in ordered}):
         return None
-    skip = _SKIP_SQL.format(schema=check_schema(schema))
-    statement = _ANNOUNCE_SQL.format(move=skip, channel=CHANNEL) if announce else skip
+    statement = _skip_sql(schema, announce)
     moved = await connection.fetch(statement, name, first, last, timeout=STATEMENT_TIMEOUT_S)
     return Applied(moved[0]["before"], last, 0) if moved else None

@@ -261,14 +261,20 @@ async def replay(
     otherwise (when `reader` is also a writer's connection) one step after the other.
     """
     assert 1 <= page <= PAGE_MAX, page
-    pages: asyncio.Queue[tuple[bytes, int] | None] = asyncio.Queue(PAGES_READ_AHEAD)
+    # Pages read ahead, then None at the end, or the reader's error: a page it could not
+    # read would otherwise never come, and the replay would wait for it for ever.
+    pages: asyncio.Queue[tuple[bytes, int] | Exception | None] = asyncio.Queue(PAGES_READ_AHEAD)
 
     async def read() -> None:
         after = folder.folded
-        while after < up_to:
-            end = min(after + page, up_to)
-            await pages.put((await read_page(reader, after, end, folder.topics), end))
-            after = end
+        try:
+            while after < up_to:
+                end = min(after + page, up_to)
+                await pages.put((await read_page(reader, after, end, folder.topics), end))
+                after = end
+        except Exception as error:
+            await pages.put(error)
+            return
         await pages.put(None)
 
     async def fold_and_write(data: bytes, end: int) -> None:
@@ -280,7 +286,9 @@ async def replay(
     if pipelined:
         reading = asyncio.create_task(read())
         try:
-            while (item := await _next_page(pages, reading)) is not None:
+            while (item := await pages.get()) is not None:
+                if isinstance(item, Exception):
+                    raise item
                 await fold_and_write(*item)
             await reading
         except BaseException:
@@ -296,26 +304,6 @@ async def replay(
             await fold_and_write(await read_page(reader, folder.folded, end, folder.topics), end)
     await folder.wait()
     return folder.folded
-
-
-async def _next_page(
-    pages: asyncio.Queue[tuple[bytes, int] | None], reading: asyncio.Task[None]
-) -> tuple[bytes, int] | None:
-    """The next page read ahead; the reader's error if it failed (a page it could not
-    read would otherwise never come, and the replay would wait for it forever)."""
-    if pages.empty() and reading.done():
-        reading.result()  # raises the reader's error
-        return None  # Unreachable: a reader that finished put its None first.
-    getting = asyncio.ensure_future(pages.get())
-    try:
-        await asyncio.wait({getting, reading}, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        if not getting.done():
-            getting.cancel()
-    if getting.done() and not getting.cancelled():
-        return getting.result()
-    reading.result()  # the reader failed with nothing left in the queue
-    return await pages.get()  # it finished: its None is there
 
 
 async def fold_batch(

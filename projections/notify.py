@@ -1,10 +1,10 @@
 """The "a projection moved" notice: workers send it, the API's read-your-writes waits on it.
 
-After a batch has committed (rows and checkpoint, one transaction), the worker sends
-`NOTIFY ledger_projected, '<projection>:<checkpoint>'` on its own connection. It is sent
-outside every transaction, so it adds one round trip per batch to the worker and nothing
-to appends. It is only a wake-up: a lost notice (a worker that dies between commit and
-notify, a listener reconnecting) is found by the listener's slow poll of read.checkpoints.
+The worker's statement that moves a projection's checkpoint also sends
+`NOTIFY ledger_projected, '<projection>:<checkpoint>'` (`announcing`), so listeners hear
+it at the commit of the batch's rows and checkpoint, with no round trip or transaction of
+its own; appends never notify. It is only a wake-up: a lost notice (a listener
+reconnecting) is found by the listener's slow poll of read.checkpoints.
 """
 
 from __future__ import annotations
@@ -24,6 +24,15 @@ async def notify_projected(connection: asyncpg.Connection, projection: str, sequ
     assert sequence >= 1, sequence
     await connection.execute(
         "SELECT pg_notify($1, $2)", CHANNEL, f"{projection}:{sequence}", timeout=STATEMENT_TIMEOUT_S
+    )
+
+
+def announcing(statement: str) -> str:
+    """`statement` (an UPDATE of a checkpoint whose $1 is the projection's name, RETURNING
+    its new `sequence`), notifying the move at the commit; returns what it returned."""
+    return (
+        f"WITH moved AS ({statement})\n"
+        f"SELECT moved.*, pg_notify('{CHANNEL}', $1 || ':' || moved.sequence) FROM moved"
     )
 
 
