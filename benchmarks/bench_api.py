@@ -10,10 +10,14 @@ with the log:
 
 - orders: `clients` keep-alive connections, each a trader placing, again and again, a buy
   limit on their own account (accepted, never filled), so it is the command path that is
-  measured, not conflicts. The relay and the workers follow the log meanwhile, as they
-  would in production. Latency is per request, from its first byte sent to its last byte
-  read (benchmarks/http_load.py: requests encoded once, about 0.2 ms of client CPU each
-  on the project's machine, shown as `this process`).
+  measured, not conflicts. Latency is per request, from its first byte sent to its last
+  byte read (benchmarks/http_load.py: requests encoded once, about 0.2 ms of client CPU
+  each on the project's machine, shown as `this process`). Twice per round:
+  - alone: the relay and the projection workers paused (SIGSTOP) for the phase, as the
+    baseline has nothing following its log either; they catch up before the next phase.
+    The API and PostgreSQL have the machine: this is the figure of the last line.
+  - following: the relay and the workers follow the log meanwhile, as they would in
+    production, on the same two cores (printed above the last line).
 - positions: the same clients each read their trader's positions page (four rows).
 - append (the baseline): EventStore.append of one event per append from `clients`
   concurrent writers (group commit on, as bench_append's "store 1"), in a second scratch
@@ -36,7 +40,7 @@ import secrets
 import signal
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Final
 
@@ -62,6 +66,8 @@ from ledger.store import EventStore
 from projections.lag import lag
 
 HOST: Final = "127.0.0.1"
+# The processes that follow the log; paused (SIGSTOP) while the API is measured alone.
+PIPELINE: Final = ("relay", "project")
 START_TIMEOUT_S: Final = 120.0
 SETTLE_TIMEOUT_S: Final = 300.0
 POLL_S: Final = 0.1
@@ -204,6 +210,16 @@ async def load_round(
     return done
 
 
+async def phase(figures: Figures, name: str, cpu: CpuUse, run: Awaitable[LoadRound]) -> None:
+    """One load phase: its rate, latency percentiles and CPU per request, as `name`."""
+    before = await cpu.sample()
+    done = await run
+    figures.add_cpu(name, cpu_between(before, await cpu.sample()), done.completed)
+    figures.add(name, done.rate)
+    figures.add(f"{name} p50", percentile(done.latencies_ms, 0.50))
+    figures.add(f"{name} p99", percentile(done.latencies_ms, 0.99))
+
+
 class Figures:
     def __init__(self) -> None:
         self.values: dict[str, list[float]] = {}
@@ -310,19 +326,19 @@ async def rounds(
     await Writers(arguments.clients, 1, arguments.warmup).run(store_append(store, 1))
     for _ in range(arguments.rounds):
         figures.add("settle", await settle(pool))
-        before = await cpu.sample()
-        placed = await load_round(port, orders, arguments.seconds, order_accepted)
-        figures.add_cpu("orders", cpu_between(before, await cpu.sample()), placed.completed)
-        figures.add("orders", placed.rate)
-        figures.add("orders p50", percentile(placed.latencies_ms, 0.50))
-        figures.add("orders p99", percentile(placed.latencies_ms, 0.99))
+        await phase(
+            figures, "orders", cpu, load_round(port, orders, arguments.seconds, order_accepted)
+        )
         figures.add("settle", await settle(pool))
-        before = await cpu.sample()
-        read = await load_round(port, positions, arguments.seconds, positions_listed)
-        figures.add_cpu("positions", cpu_between(before, await cpu.sample()), read.completed)
-        figures.add("positions", read.rate)
-        figures.add("positions p50", percentile(read.latencies_ms, 0.50))
-        figures.add("positions p99", percentile(read.latencies_ms, 0.99))
+        processes.pause(*PIPELINE)
+        try:
+            alone = load_round(port, orders, arguments.seconds, order_accepted)
+            await phase(figures, "alone", cpu, alone)
+        finally:
+            processes.resume(*PIPELINE)
+        figures.add("settle", await settle(pool))
+        read = load_round(port, positions, arguments.seconds, positions_listed)
+        await phase(figures, "positions", cpu, read)
         writers = Writers(arguments.clients, 1, arguments.seconds)
         before = await cpu.sample()
         figures.add("append", await writers.run(store_append(store, 1)))
@@ -333,12 +349,15 @@ async def rounds(
 
 def print_figures(figures: Figures, arguments: argparse.Namespace) -> None:
     values = figures.values
-    report("POST /orders (accepted)", values["orders"], unit="orders/s")
-    report("  latency p50", values["orders p50"], unit="ms")
-    report("  latency p99", values["orders p99"], unit="ms")
-    report("GET /positions (4 rows)", values["positions"], unit="requests/s")
-    report("  latency p50", values["positions p50"], unit="ms")
-    report("  latency p99", values["positions p99"], unit="ms")
+    phases = (
+        ("alone", "POST /orders (accepted), relay and projections paused", "orders/s"),
+        ("orders", "POST /orders (accepted), relay and projections following", "orders/s"),
+        ("positions", "GET /positions (4 rows)", "requests/s"),
+    )
+    for name, label, unit in phases:
+        report(label, values[name], unit=unit)
+        report("  latency p50", values[f"{name} p50"], unit="ms")
+        report("  latency p99", values[f"{name} p99"], unit="ms")
     report("store append, 1 event per append", values["append"], unit="events/s")
     print(
         f"  baseline: EventStore.append (group commit), {arguments.clients} writers, "
@@ -350,19 +369,28 @@ def print_figures(figures: Figures, arguments: argparse.Namespace) -> None:
         f"{min(waits):.2f}-{max(waits):.2f} s"
     )
     groups = ("api", "postgres", "relay+projections", "this process")
-    for phase, unit in (("orders", "order"), ("positions", "read"), ("append", "event")):
-        shown = ", ".join(
-            f"{group} {figures.median(f'cpu {phase} {group}'):.2f}" for group in groups
-        )
-        cores = figures.median(f"busy {phase}")
-        print(f"  CPU ms per {unit}: {shown}; machine busy {cores:.2f} cores")
-    orders, append = figures.median("orders"), figures.median("append")
+    for name, unit in (("alone", "order"), ("orders", "order"), ("positions", "read")):
+        _print_cpu(figures, name, unit, groups)
+    _print_cpu(figures, "append", "event", groups)
+    orders, append = figures.median("alone"), figures.median("append")
+    following = figures.median("orders")
+    print(
+        f"  with the relay and projections following: orders={following:.0f} "
+        f"ratio={following / append:.2f} p50_ms={figures.median('orders p50'):.1f} "
+        f"p99_ms={figures.median('orders p99'):.1f}"
+    )
     print(
         f"api: orders={orders:.0f} append={append:.0f} ratio={orders / append:.2f} "
-        f"p50_ms={figures.median('orders p50'):.1f} p99_ms={figures.median('orders p99'):.1f} "
+        f"p50_ms={figures.median('alone p50'):.1f} p99_ms={figures.median('alone p99'):.1f} "
         f"positions={figures.median('positions'):.0f}",
         flush=True,
     )
+
+
+def _print_cpu(figures: Figures, phase: str, unit: str, groups: tuple[str, ...]) -> None:
+    shown = ", ".join(f"{group} {figures.median(f'cpu {phase} {group}'):.2f}" for group in groups)
+    cores = figures.median(f"busy {phase}")
+    print(f"  CPU ms per {unit} ({phase}): {shown}; machine busy {cores:.2f} cores")
 
 
 def parse_arguments() -> argparse.Namespace:

@@ -99,12 +99,26 @@ class Processes:
             if code is not None:
                 raise RuntimeError(f"ledger {item.name} exited ({code}):\n{tail(item.log_path)}")
 
+    def pause(self, *names: str) -> None:
+        """Stop the named processes where they are (SIGSTOP) until `resume`."""
+        self._signal(names, signal.SIGSTOP)
+
+    def resume(self, *names: str) -> None:
+        self._signal(names, signal.SIGCONT)
+
+    def _signal(self, names: tuple[str, ...], number: signal.Signals) -> None:
+        for item in self.started:
+            if item.name in names and item.process.poll() is None:
+                item.process.send_signal(number)
+
     def stop_all(self) -> list[int]:
         """Stop every process, newest first; the pids that had to be killed after their
-        parent was gone (none when everything stops as it should)."""
+        parent was gone (none when everything stops as it should). A paused process is
+        resumed first, so that it can handle its SIGTERM."""
         leftovers: list[int] = []
         for item in reversed(self.started):
             if item.process.poll() is None:
+                item.process.send_signal(signal.SIGCONT)
                 children = descendants(item.process.pid)
                 _stop(item.process)
                 leftovers += _kill_survivors(children)
