@@ -10,9 +10,11 @@ it through `app.state`, never through module globals. The ledger's API is under 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from datetime import timedelta
 from typing import Final
 
 import asyncpg
@@ -28,6 +30,7 @@ from api import accounts, auth, events, instruments, orders, signals, strategies
 from api.access_checks import AccessChecks
 from api.audit import router as audit_router
 from api.errors import internal_error, problem_details_plugin
+from api.housekeeping import Housekeeping
 from api.limits import rate_limits
 from api.live import end_live_streams
 from api.live import router as live_router
@@ -101,7 +104,8 @@ def create_app(settings: Settings, *, tracer_provider: TracerProvider | None = N
                 app.state.ledger = ledger
                 app.state.access_checks = AccessChecks(pool)
                 app.state.registrar = Registrar(pool, ledger, passwords)
-                yield
+                async with housekeeping(pool, settings):
+                    yield
             finally:
                 end_live_streams(app)
                 passwords.close()
@@ -147,6 +151,24 @@ def create_app(settings: Settings, *, tracer_provider: TracerProvider | None = N
         # configuration would replace the root logger's handlers with its own.
         logging_config=None,
     )
+
+
+@asynccontextmanager
+async def housekeeping(pool: asyncpg.Pool, settings: Settings) -> AsyncIterator[None]:
+    """Housekeeping passes in the background while the app serves (unless turned off)."""
+    if settings.housekeeping_interval_s == 0:
+        yield
+        return
+    keeper = Housekeeping(
+        pool, idempotency_retention=timedelta(seconds=settings.idempotency_retention_s)
+    )
+    task = asyncio.create_task(keeper.run(settings.housekeeping_interval_s), name="housekeeping")
+    try:
+        yield
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
 
 
 async def keep_session(connection: asyncpg.Connection) -> None:

@@ -7,6 +7,7 @@
   the refusal's error code), `ledger_command_duration_seconds{command}`,
   `ledger_appends_total` and `ledger_events_appended_total`, fed by the command side's
   `on_executed` hook.
+- Housekeeping: `ledger_housekeeping_deleted_total{table}` (api/housekeeping.py).
 - Lag, read from PostgreSQL at each scrape: the relay's cursors and lag, and each
   projection's checkpoint and lag. Each query is bounded by `ops_query_timeout_s`; one
   that fails or times out leaves its gauges empty (NaN for the relay's), sets

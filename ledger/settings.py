@@ -66,6 +66,11 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     otlp_endpoint: str | None = None
     # How long a query with consistent_with= waits for its projection (api/queries/waiting.py).
     consistency_wait_s: float = 2.0
+    # How often each API process deletes expired sign-in rows and old idempotent answers
+    # (api/housekeeping.py); 0 turns it off.
+    housekeeping_interval_s: float = 600.0
+    # How long an idempotent command's answer is kept for a retry to get it back.
+    idempotency_retention_s: float = 86_400.0
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -111,6 +116,12 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
             otlp_endpoint=_otlp_endpoint(env, "LEDGER_OTLP_ENDPOINT"),
             consistency_wait_s=_consistency_wait_s(
                 env, "LEDGER_CONSISTENCY_WAIT_S", defaults.consistency_wait_s
+            ),
+            housekeeping_interval_s=_seconds(
+                env, "LEDGER_HOUSEKEEPING_INTERVAL_S", defaults.housekeeping_interval_s, 0.0
+            ),
+            idempotency_retention_s=_seconds(
+                env, "LEDGER_IDEMPOTENCY_RETENTION_S", defaults.idempotency_retention_s, 60.0
             ),
         )
 

@@ -11,8 +11,7 @@ import asyncio
 import contextlib
 import itertools
 import secrets
-import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
 from uuid import UUID, uuid4
@@ -41,6 +40,7 @@ from ledger.store import EventStore, NewEvent
 from projections.worker import WorkerOptions, run_projections
 from tests.conftest import Databases
 from tests.e2e.conftest import JWT_SECRET, PASSWORD
+from tests.waiting import eventually
 
 WAIT_S_MAX = 30.0
 PROJECTIONS = ("users", "accounts")
@@ -81,7 +81,7 @@ class Traced:
                 )
             )
 
-        await eventually(found, f"account {account_id} is in the read model")
+        await eventually(found, f"account {account_id} is in the read model", timeout_s=WAIT_S_MAX)
 
     async def trace_contexts(self, stream_id: UUID) -> list[str | None]:
         rows = await self.pool.fetch(
@@ -109,13 +109,6 @@ class Traced:
                 found.append(headers)
         assert len(found) == len(event_ids)
         return found
-
-
-async def eventually(check: Callable[[], Awaitable[bool]], what: str) -> None:
-    deadline = time.monotonic() + WAIT_S_MAX
-    while not await check():
-        assert time.monotonic() < deadline, f"timed out waiting until {what}"
-        await asyncio.sleep(0.05)
 
 
 @pytest.fixture(scope="module")
@@ -152,7 +145,7 @@ async def traced(databases: Databases, nats_url: str, stream_prefix: str) -> Asy
         return True
 
     # The workers bind to the stream, which the relay creates once it leads.
-    await eventually(stream_exists, f"the relay has created {stream}")
+    await eventually(stream_exists, f"the relay has created {stream}", timeout_s=WAIT_S_MAX)
     worker = run_projections(
         url,
         nats_url,
@@ -201,7 +194,9 @@ async def applied_in(traced: Traced, trace_id: int) -> list[ReadableSpan]:
     async def applied() -> bool:
         return any(span.name == "apply accounts" for span in traced.spans(trace_id))
 
-    await eventually(applied, f"trace {trace_id:032x} reaches the accounts projection")
+    await eventually(
+        applied, f"trace {trace_id:032x} reaches the accounts projection", timeout_s=WAIT_S_MAX
+    )
     return traced.spans(trace_id)
 
 
@@ -359,7 +354,7 @@ async def test_a_malformed_stored_trace_context_is_ignored_not_an_error(traced: 
             row[0] >= sequence for row in checkpoints
         )
 
-    await eventually(checkpointed, "every projection is past the probe event")
+    await eventually(checkpointed, "every projection is past the probe event", timeout_s=WAIT_S_MAX)
     (headers,) = await traced.message_headers(stream_id)
     assert "traceparent" not in headers
     failing = await traced.pool.fetchval("SELECT count(*) FROM read.checkpoints WHERE failing")

@@ -8,7 +8,7 @@ import contextlib
 import itertools
 import statistics
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Callable
 from urllib.parse import urlsplit
 from uuid import UUID
 
@@ -26,6 +26,7 @@ from ledger.sequencer import Batch
 from ledger.store import EventStore
 from tests.conftest import Databases
 from tests.integration.events import new_stream, noted
+from tests.waiting import eventually
 
 WAIT_S_MAX = 15.0
 _names = itertools.count()
@@ -110,13 +111,6 @@ async def setup(
     await pool.close()
 
 
-async def eventually(check: Callable[[], Awaitable[bool]], what: str) -> None:
-    deadline = time.monotonic() + WAIT_S_MAX
-    while not await check():
-        assert time.monotonic() < deadline, f"timed out waiting until {what}"
-        await asyncio.sleep(0.02)
-
-
 def header(message: RawStreamMsg, name: str) -> str:
     assert message.headers is not None
     value: str = message.headers[name]
@@ -144,7 +138,9 @@ async def all_published(setup: Setup, client: NatsClient, expected: list[UUID]) 
     async def caught_up() -> bool:
         return await setup.state() == (len(expected), len(expected))
 
-    await eventually(caught_up, f"{len(expected)} events are sequenced and published")
+    await eventually(
+        caught_up, f"{len(expected)} events are sequenced and published", timeout_s=WAIT_S_MAX
+    )
     ids = await setup.sequenced_ids()
     assert sorted(ids) == sorted(expected)
     messages = await published_messages(client, setup.options.stream_name)
@@ -206,7 +202,9 @@ async def test_the_design_inversion_is_published_in_commit_order(
         async def a_is_published() -> bool:
             return await setup.state() == (1, 1)
 
-        await eventually(a_is_published, "A's event is numbered and published")
+        await eventually(
+            a_is_published, "A's event is numbered and published", timeout_s=WAIT_S_MAX
+        )
         await asyncio.sleep(0.2)  # The relay polls meanwhile and must not move past B.
         assert relay.leading
         assert await setup.state() == (1, 1)
@@ -222,7 +220,7 @@ async def leader_of(relays: list[Relay]) -> Relay:
     async def one_leads() -> bool:
         return sum(relay.leading for relay in relays) == 1
 
-    await eventually(one_leads, "exactly one relay leads")
+    await eventually(one_leads, "exactly one relay leads", timeout_s=WAIT_S_MAX)
     return next(relay for relay in relays if relay.leading)
 
 
@@ -342,7 +340,7 @@ async def test_nats_down_does_not_stop_appends_or_sequencing_and_publishing_catc
     async def sequenced() -> bool:
         return (await setup.state())[0] == 120
 
-    await eventually(sequenced, "the relay numbers events while NATS is down")
+    await eventually(sequenced, "the relay numbers events while NATS is down", timeout_s=WAIT_S_MAX)
     assert relay.leading
     assert (await setup.state())[1] == 20
     await proxy.start()
@@ -361,7 +359,9 @@ async def test_publishing_from_a_relay_that_never_reached_nats_catches_up(
     async def sequenced() -> bool:
         return await setup.state() == (30, 0)
 
-    await eventually(sequenced, "the relay numbers events without ever reaching NATS")
+    await eventually(
+        sequenced, "the relay numbers events without ever reaching NATS", timeout_s=WAIT_S_MAX
+    )
     await proxy.start()
     await all_published(setup, nats_client, appended)
 
@@ -435,7 +435,7 @@ async def commit_to_sequenced_ms(setup: Setup, *, notify: bool) -> list[float]:
     async def all_seen() -> bool:
         return committed_at.keys() <= sequenced_at.keys()
 
-    await eventually(all_seen, "every append is sequenced")
+    await eventually(all_seen, "every append is sequenced", timeout_s=WAIT_S_MAX)
     await notifier.close()
     return [max(0.0, sequenced_at[p] - committed_at[p]) * 1000 for p in committed_at]
 
@@ -470,7 +470,9 @@ async def test_a_stream_that_cannot_be_created_pauses_publishing_only(
         async def sequenced() -> bool:
             return await setup.state() == (20, 0)
 
-        await eventually(sequenced, "the relay numbers events without its stream")
+        await eventually(
+            sequenced, "the relay numbers events without its stream", timeout_s=WAIT_S_MAX
+        )
         assert relay.leading
     finally:
         await stream.delete_stream(squatter)

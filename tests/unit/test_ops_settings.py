@@ -22,6 +22,8 @@ def test_defaults_are_the_production_ones() -> None:
     assert settings.ready_relay_lag_s_max == 30.0
     assert settings.ready_projection_lag_s_max == 60.0
     assert settings.ops_query_timeout_s == 2.0
+    assert settings.housekeeping_interval_s == 600.0
+    assert settings.idempotency_retention_s == 86_400.0
 
 
 def test_the_default_password_cost_is_argon2_cffis() -> None:
@@ -48,9 +50,12 @@ def test_ops_variables_are_read() -> None:
             "LEDGER_ARGON2_TIME_COST": "1",
             "LEDGER_ARGON2_MEMORY_KIB": "8",
             "LEDGER_ARGON2_PARALLELISM": "1",
+            "LEDGER_HOUSEKEEPING_INTERVAL_S": "0",
+            "LEDGER_IDEMPOTENCY_RETENTION_S": "3600",
         }
     )
     assert settings.log_format == "text"
+    assert (settings.housekeeping_interval_s, settings.idempotency_retention_s) == (0.0, 3600.0)
     assert (settings.rate_limit_per_minute, settings.auth_rate_limit_per_minute) == (0, 5)
     assert (settings.ready_relay_lag_s_max, settings.ready_projection_lag_s_max) == (0.0, 2.5)
     assert settings.ops_query_timeout_s == 0.25
@@ -72,6 +77,8 @@ def test_ops_variables_are_read() -> None:
         ("LEDGER_ARGON2_MEMORY_KIB", "7"),
         ("LEDGER_ARGON2_PARALLELISM", "0"),
         ("LEDGER_ARGON2_PARALLELISM", "99999999999"),
+        ("LEDGER_HOUSEKEEPING_INTERVAL_S", "-1"),
+        ("LEDGER_IDEMPOTENCY_RETENTION_S", "59"),
     ],
 )
 def test_bad_values_are_refused_with_the_variable_named(name: str, value: str) -> None:
