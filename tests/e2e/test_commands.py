@@ -262,6 +262,35 @@ async def test_idempotent_order_replays_the_same_order(api: Api, world: World) -
     assert_problem(changed, 409, "IDEMPOTENCY_KEY_REUSED")
 
 
+async def test_a_retry_after_the_stored_answer_was_deleted_still_appends_nothing(
+    api: Api, world: World
+) -> None:
+    """Housekeeping deletes answers past their retention; the log keeps the key."""
+    key = secrets.token_hex(8)
+    headers = {**world.trader.headers, "Idempotency-Key": key}
+    first = await api.client.post("/api/v1/orders", json=_order(world), headers=headers)
+    assert first.status_code == 202, first.text
+    assert api.settings.database_url is not None
+    connection = await asyncpg.connect(api.settings.database_url)
+    try:
+        deleted = await connection.execute(
+            "DELETE FROM api.idempotent_responses WHERE user_id = $1::uuid AND key = $2",
+            world.trader.user_id,
+            key,
+        )
+    finally:
+        await connection.close()
+    assert deleted == "DELETE 1"
+    again = await api.client.post("/api/v1/orders", json=_order(world), headers=headers)
+    assert again.status_code == 202, again.text
+    assert again.json() == first.json()
+    assert await _stream_event_count(api, first.json()["order_id"]) == 2  # placed, accepted
+    changed = await api.client.post(
+        "/api/v1/orders", json=_order(world, quantity="11"), headers=headers
+    )
+    assert_problem(changed, 409, "IDEMPOTENCY_KEY_REUSED")
+
+
 # Instruments and strategies -------------------------------------------------------
 
 
