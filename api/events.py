@@ -6,6 +6,16 @@ log by `sequence`, the gapless number the relay's sequencer gives each committed
 appears there once the relay has numbered it. Filters narrow a page but never bound
 the scan by themselves: every page is bounded by `limit` (at most 500).
 
+`GET /events/export` streams a range of the global log as NDJSON, one event a line in
+`sequence` order, with the same filters: `after` a sequence (0: from the start) up to
+`until` (default and at most the last sequence numbered when the export starts, given
+back in `Ledger-Export-Until`), so an export is a fixed prefix of the log whatever is
+appended meanwhile, and the next export continues with `after=<that until>`. The range is
+read in windows of EXPORT_WINDOW sequences, one bounded statement each however selective
+the filters, and sent as it is read: memory stays flat for any range. A failure midway
+cuts the response short, before the line of `until`: the last line received says where
+to resume.
+
 Payloads are returned as recorded, except secrets: a user event's password hash is
 redacted (the hash chain is verified server-side, from the stored bytes).
 """
@@ -14,6 +24,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+from collections.abc import AsyncIterator
 from datetime import datetime
 from typing import Annotated, Any, Final
 from uuid import UUID
@@ -21,8 +32,10 @@ from uuid import UUID
 import asyncpg
 import msgspec
 from litestar import Request, Router, get
-from litestar.datastructures import State
+from litestar.datastructures import ResponseHeader, State
+from litestar.di import NamedDependency, Provide
 from litestar.params import FromPath, FromQuery, QueryParameter
+from litestar.response import Stream
 
 from api.errors import ApiProblem
 from api.schemas import NO_NUL_PATTERN, EventOut, EventPage
@@ -52,10 +65,7 @@ _STREAM_SQL: Final = (
 )
 
 # NULL filters match everything; each one given narrows the page.
-_LOG_SQL: Final = (
-    f"SELECT {_COLUMNS} FROM ledger.sequence s "
-    "JOIN ledger.events e ON e.notification_id = s.position "
-    "WHERE s.sequence > $1 "
+_FILTERS: Final = (
     "AND ($3::uuid IS NULL OR e.originator_id = $3) "
     "AND ($4::text IS NULL OR e.stream_type = $4) "
     "AND ($5::text IS NULL OR e.topic = $5) "
@@ -63,8 +73,26 @@ _LOG_SQL: Final = (
     "AND ($7::uuid IS NULL OR e.correlation_id = $7) "
     "AND ($8::timestamptz IS NULL OR e.recorded_at >= $8) "
     "AND ($9::timestamptz IS NULL OR e.recorded_at < $9) "
+)
+
+_LOG_SQL: Final = (
+    f"SELECT {_COLUMNS} FROM ledger.sequence s "
+    "JOIN ledger.events e ON e.notification_id = s.position "
+    f"WHERE s.sequence > $1 {_FILTERS}"
     "ORDER BY s.sequence LIMIT $2"
 )
+
+# A window of the log: sequences in ($1, $2].
+_WINDOW_SQL: Final = (
+    f"SELECT {_COLUMNS} FROM ledger.sequence s "
+    "JOIN ledger.events e ON e.notification_id = s.position "
+    f"WHERE s.sequence > $1 AND s.sequence <= $2 {_FILTERS}"
+    "ORDER BY s.sequence"
+)
+
+EXPORT_WINDOW: Final = 2_000
+SEQUENCE_MAX: Final = 2**63 - 1
+NDJSON: Final = "application/x-ndjson"
 
 AUDIT_ROLES: Final = (Role.AUDITOR, Role.ANALYST)
 
@@ -97,20 +125,31 @@ async def stream_events(
     return EventPage(events=events, next_cursor=next_cursor)
 
 
-@get(
-    "/events",
-    **access(
-        *AUDIT_ROLES,
-        summary="The global log",
-        description="Events in global `sequence` order, paged by `cursor` (follow "
-        "`next_cursor`; it is null on a page shorter than `limit`). Filters: stream_id, "
-        "stream_type, type (topic), actor, correlation_id, recorded_from, recorded_before.",
-    ),
-)
-async def log_events(
-    request: Request[Principal, Any, State],
-    cursor: Annotated[str | None, QueryParameter(max_length=64)] = None,
-    limit: Limit = PAGE_LIMIT_DEFAULT,
+class LogFilters(msgspec.Struct, frozen=True, kw_only=True):
+    """What narrows a read of the global log; None matches everything."""
+
+    stream_id: UUID | None
+    stream_type: str | None
+    event_type: str | None
+    actor: str | None
+    correlation_id: UUID | None
+    recorded_from: datetime | None
+    recorded_before: datetime | None
+
+    def arguments(self) -> tuple[Any, ...]:
+        """The statement's arguments $3 to $9."""
+        return (
+            self.stream_id,
+            self.stream_type,
+            self.event_type,
+            self.actor,
+            self.correlation_id,
+            self.recorded_from,
+            self.recorded_before,
+        )
+
+
+async def log_filters(
     stream_id: FromQuery[UUID | None] = None,
     stream_type: Annotated[
         str | None, QueryParameter(max_length=64, pattern=NO_NUL_PATTERN)
@@ -122,26 +161,121 @@ async def log_events(
     correlation_id: FromQuery[UUID | None] = None,
     recorded_from: FromQuery[datetime | None] = None,
     recorded_before: FromQuery[datetime | None] = None,
+) -> LogFilters:
+    return LogFilters(
+        stream_id=stream_id,
+        stream_type=stream_type,
+        event_type=event_type,
+        actor=actor,
+        correlation_id=correlation_id,
+        recorded_from=recorded_from,
+        recorded_before=recorded_before,
+    )
+
+
+FILTERS_DESCRIPTION: Final = (
+    "Filters: stream_id, stream_type, type (topic), actor, correlation_id, recorded_from, "
+    "recorded_before."
+)
+
+
+@get(
+    "/events",
+    **access(
+        *AUDIT_ROLES,
+        summary="The global log",
+        description="Events in global `sequence` order, paged by `cursor` (follow "
+        f"`next_cursor`; it is null on a page shorter than `limit`). {FILTERS_DESCRIPTION}",
+    ),
+    dependencies={"filters": Provide(log_filters)},
+)
+async def log_events(
+    request: Request[Principal, Any, State],
+    filters: NamedDependency[LogFilters],
+    cursor: Annotated[str | None, QueryParameter(max_length=64)] = None,
+    limit: Limit = PAGE_LIMIT_DEFAULT,
 ) -> EventPage:
     after_sequence = _decode_cursor(cursor, "s")
     pool: asyncpg.Pool = request.app.state.pool
     rows = await pool.fetch(
-        _LOG_SQL,
-        after_sequence,
-        limit,
-        stream_id,
-        stream_type,
-        event_type,
-        actor,
-        correlation_id,
-        recorded_from,
-        recorded_before,
-        timeout=STATEMENT_TIMEOUT_S,
+        _LOG_SQL, after_sequence, limit, *filters.arguments(), timeout=STATEMENT_TIMEOUT_S
     )
     events = [_event(row) for row in rows]
     last = events[-1].sequence if events else None
     next_cursor = _encode_cursor("s", last) if last is not None and len(events) == limit else None
     return EventPage(events=events, next_cursor=next_cursor)
+
+
+After = Annotated[
+    int, QueryParameter(ge=0, le=SEQUENCE_MAX, description="A sequence; 0: the start.")
+]
+Until = Annotated[
+    int | None,
+    QueryParameter(ge=0, le=SEQUENCE_MAX, description="A sequence; default: the last one now."),
+]
+
+
+@get(
+    "/events/export",
+    media_type=NDJSON,
+    **access(
+        *AUDIT_ROLES,
+        summary="Export the global log",
+        description="NDJSON, one event a line (as on `/events`), in `sequence` order: the "
+        "events after `after` up to `until` (default: the last one numbered now; the bound "
+        "used is in the `Ledger-Export-Until` header), streamed. Continue with "
+        f"`after=<Ledger-Export-Until>`. {FILTERS_DESCRIPTION}",
+    ),
+    dependencies={"filters": Provide(log_filters)},
+    response_headers=[
+        ResponseHeader(
+            name="Ledger-Export-After",
+            description="The sequence the export starts after.",
+            documentation_only=True,
+        ),
+        ResponseHeader(
+            name="Ledger-Export-Until",
+            description="The last sequence of the range exported; `after` of the next export.",
+            documentation_only=True,
+        ),
+    ],
+)
+async def export_events(
+    request: Request[Principal, Any, State],
+    filters: NamedDependency[LogFilters],
+    after: After = 0,
+    until: Until = None,
+) -> Stream:
+    pool: asyncpg.Pool = request.app.state.pool
+    head: int = await pool.fetchval(
+        "SELECT coalesce(max(sequence), 0) FROM ledger.sequence", timeout=STATEMENT_TIMEOUT_S
+    )
+    bound = head if until is None else min(until, head)
+    return Stream(
+        _export(pool, filters, after, bound),
+        media_type=NDJSON,
+        headers={"Ledger-Export-After": str(after), "Ledger-Export-Until": str(bound)},
+    )
+
+
+async def _export(
+    pool: asyncpg.Pool, filters: LogFilters, after: int, until: int
+) -> AsyncIterator[bytes]:
+    """The events of sequences (after, until], a window of them per chunk sent."""
+    encoder = msgspec.json.Encoder()
+    buffer = bytearray()
+    while after < until:
+        upper = min(after + EXPORT_WINDOW, until)
+        rows = await pool.fetch(
+            _WINDOW_SQL, after, upper, *filters.arguments(), timeout=STATEMENT_TIMEOUT_S
+        )
+        if rows:
+            buffer.clear()
+            for row in rows:
+                encoder.encode_into(_event(row), buffer, -1)
+                buffer.extend(b"\n")
+            yield bytes(buffer)
+        after = upper
 
 
 def _event(row: asyncpg.Record) -> EventOut:
@@ -191,4 +325,6 @@ def _decode_cursor(cursor: str | None, kind: str) -> int:
     return number
 
 
-router = Router(path="/api/v1", route_handlers=[stream_events, log_events], tags=["audit"])
+router = Router(
+    path="/api/v1", route_handlers=[stream_events, log_events, export_events], tags=["audit"]
+)
