@@ -35,7 +35,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
 import secrets
 import signal
 import tempfile
@@ -49,7 +48,14 @@ import uvloop
 
 from benchmarks.api_setup import Api, Market, order_body, set_up_market
 from benchmarks.bench_append import Writers, store_append
-from benchmarks.common import _cpu_ticks, database_server, median, report, scratch_database
+from benchmarks.common import (
+    TICK_S,
+    cpu_seconds_of,
+    database_server,
+    median,
+    report,
+    scratch_database,
+)
 from benchmarks.http_load import (
     LoadRound,
     Response,
@@ -71,7 +77,6 @@ PIPELINE: Final = ("relay", "project")
 START_TIMEOUT_S: Final = 120.0
 SETTLE_TIMEOUT_S: Final = 300.0
 POLL_S: Final = 0.1
-_TICK_S: Final = 1.0 / os.sysconf("SC_CLK_TCK")
 
 # Per group: CPU seconds by pid, or a single figure (this process, the whole machine).
 Sample = dict[str, dict[int, float] | float]
@@ -126,9 +131,9 @@ class CpuUse:
 def _seconds(pids: list[int]) -> dict[int, float]:
     found: dict[int, float] = {}
     for pid in pids:
-        ticks = _cpu_ticks(pid)
-        if ticks is not None:
-            found[pid] = ticks * _TICK_S
+        seconds = cpu_seconds_of(pid)
+        if seconds is not None:
+            found[pid] = seconds
     return found
 
 
@@ -140,7 +145,7 @@ def _machine_busy_s() -> float:
         return 0.0
     values = [int(value) for value in fields]
     idle = values[3] + values[4]  # idle and iowait
-    return (sum(values[:8]) - idle) * _TICK_S
+    return (sum(values[:8]) - idle) * TICK_S
 
 
 def cpu_between(before: Sample, after: Sample) -> dict[str, float]:

@@ -39,7 +39,7 @@ import nats
 import uvloop
 
 from benchmarks.bulk_log import generate
-from benchmarks.common import _cpu_ticks, database_server, median, report, scratch_database
+from benchmarks.common import cpu_seconds_of, database_server, median, report, scratch_database
 from benchmarks.projection_roles import memory_kb
 from benchmarks.steady_load import Watcher, set_up, steady
 from commands.bootstrap import bootstrap
@@ -50,7 +50,6 @@ from projections.rebuild import scratch_schema
 from projections.registry import select
 
 RSS_SAMPLE_S = 0.5
-TICK_S = 1.0 / os.sysconf("SC_CLK_TCK")
 
 
 async def verify_sample(url: str, head: int, streams: int = 200) -> str:
@@ -70,7 +69,8 @@ async def verify_sample(url: str, head: int, streams: int = 200) -> str:
         span = min(head, 5_000)
         async with pool.acquire() as connection:
             for first in {1, max(1, head // 2), head - span + 1}:
-                checked = await sequencer.verify_range(connection, first, first + span - 1)
+                last = min(first + span - 1, head)
+                checked = await sequencer.verify_range(connection, first, last)
                 assert checked.ok, checked
         return f"{len(ids)} streams ({events:,} events) and 3 ranges of {span:,} sequences verified"
     finally:
@@ -172,7 +172,7 @@ async def caught_up(pool: asyncpg.Pool, timeout_s: float = 120) -> None:
 
 def cpu_seconds(processes: dict[str, asyncio.subprocess.Process]) -> dict[str, float]:
     """CPU seconds so far of the relay, the workers and this process (the commands)."""
-    used = {role: (_cpu_ticks(process.pid) or 0) * TICK_S for role, process in processes.items()}
+    used = {role: cpu_seconds_of(process.pid) or 0.0 for role, process in processes.items()}
     used["commands"] = time.process_time()
     return used
 

@@ -16,6 +16,7 @@ import tempfile
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
+from typing import Final
 from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
@@ -79,7 +80,6 @@ class CpuMeter:
 
     def __init__(self, pool: asyncpg.Pool) -> None:
         self.pool = pool
-        self._ticks_s = 1.0 / os.sysconf("SC_CLK_TCK")
 
     async def sample(self) -> dict[int, float]:
         pids = await self.pool.fetch(
@@ -88,9 +88,9 @@ class CpuMeter:
         )
         used = {0: time.process_time()}
         for (pid,) in pids:
-            ticks = _cpu_ticks(pid)
-            if ticks is not None:
-                used[pid] = ticks * self._ticks_s
+            seconds = cpu_seconds_of(pid)
+            if seconds is not None:
+                used[pid] = seconds
         return used
 
     @staticmethod
@@ -100,13 +100,17 @@ class CpuMeter:
         return sum(seconds - before.get(pid, 0.0) for pid, seconds in after.items())
 
 
-def _cpu_ticks(pid: int) -> int | None:
-    """User plus system clock ticks of a process so far; None if it is gone."""
+TICK_S: Final = 1.0 / os.sysconf("SC_CLK_TCK")
+
+
+def cpu_seconds_of(pid: int) -> float | None:
+    """User plus system CPU seconds of a process so far (Linux /proc); None if it is gone
+    or unreadable."""
     try:
         fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     except OSError:
         return None
-    return int(fields[11]) + int(fields[12])
+    return (int(fields[11]) + int(fields[12])) * TICK_S
 
 
 def median(values: list[float]) -> float:
