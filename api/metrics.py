@@ -10,7 +10,7 @@
 - Housekeeping: `ledger_housekeeping_deleted_total{table}` (api/housekeeping.py).
 - Lag, read from PostgreSQL at each scrape: the relay's cursors and lag, and each
   projection's checkpoint and lag. Each query is bounded by `ops_query_timeout_s`; one
-  that fails or times out leaves its gauges empty (NaN for the relay's), sets
+  that fails or times out sets its gauges to NaN (unknown), sets
   `ledger_lag_up{source}` to 0 and counts `ledger_lag_errors_total{source, reason}`,
   and the scrape still answers with everything else.
 
@@ -46,6 +46,7 @@ from commands.runtime import Executed
 from ledger.relay_lag import RelayLag, relay_lag
 from ledger.settings import Settings
 from projections.lag import ProjectionLag, lag
+from projections.registry import NAMES
 
 logger = logging.getLogger(__name__)
 
@@ -140,8 +141,11 @@ async def refresh_lag(request: Request[Any, Any, State]) -> None:
         _show_projections(projections)
     else:
         _lag_failed("projections", projections)
+        # NaN, not cleared: under several workers a cleared gauge would leave the others'
+        # last values in the merged scrape, while NaN is the most recent value of all.
         for gauge in _PROJECTION_GAUGES:
-            gauge.clear()
+            for name in NAMES:
+                gauge.labels(name).set(math.nan)
 
 
 def _show_relay(found: RelayLag) -> None:
