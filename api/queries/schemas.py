@@ -188,46 +188,20 @@ class DailyPnlView(View, frozen=True, kw_only=True):
     sold_notional: Amount
 
 
-class AccountPage(View, frozen=True, kw_only=True):
-    accounts: list[AccountView]
-    next_cursor: str | None
+def page_of(view: type[View], rows: str) -> type[View]:
+    """The page Struct of a list of `view`: its rows under `rows`, and `next_cursor`.
 
-
-class OrderPage(View, frozen=True, kw_only=True):
-    orders: list[OrderView]
-    next_cursor: str | None
-
-
-class TradePage(View, frozen=True, kw_only=True):
-    trades: list[TradeView]
-    next_cursor: str | None
-
-
-class PositionPage(View, frozen=True, kw_only=True):
-    positions: list[PositionView]
-    next_cursor: str | None
-
-
-class SignalPage(View, frozen=True, kw_only=True):
-    signals: list[SignalView]
-    next_cursor: str | None
-
-
-class StrategyPage(View, frozen=True, kw_only=True):
-    strategies: list[StrategyView]
-    next_cursor: str | None
-
-
-class InstrumentPage(View, frozen=True, kw_only=True):
-    instruments: list[InstrumentView]
-    next_cursor: str | None
-
-
-class UserPage(View, frozen=True, kw_only=True):
-    users: list[UserView]
-    next_cursor: str | None
-
-
-class DailyPnlPage(View, frozen=True, kw_only=True):
-    days: list[DailyPnlView]
-    next_cursor: str | None
+    Made rather than written out once per read model, since every page has this one
+    shape; named as the written ones were (`OrderView` -> `OrderPage`), which is the name
+    OpenAPI shows."""
+    name = view.__name__.removesuffix("View") + "Page"
+    page = msgspec.defstruct(
+        name,
+        [(rows, list[view]), ("next_cursor", str | None)],  # type: ignore[valid-type]
+        bases=(View,),
+        module=__name__,
+        frozen=True,
+        kw_only=True,
+    )
+    assert issubclass(page, View)
+    return page
