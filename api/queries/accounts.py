@@ -7,13 +7,8 @@ from uuid import UUID
 
 from api.queries.filters import CURRENCY, equals
 from api.queries.model import Doc, Ownership, ReadModel
-from api.queries.paging import Keyset, UtcTime
 from api.queries.rows import Row
 from api.queries.schemas import AccountView, amount
-
-KEYSET: Final = Keyset(
-    name="accounts", columns=("opened_at", "account_id"), key_type=tuple[UtcTime, UUID]
-)
 
 
 def _total(row: Row) -> str:
@@ -26,8 +21,8 @@ MODEL: Final = ReadModel(
     table="read.accounts",
     view=AccountView,
     derived={"total": _total},
-    keyset=KEYSET,
-    key=(("account_id", UUID),),
+    sort=("opened_at", "account_id"),
+    key=("account_id",),
     ownership=Ownership(condition="user_id = {}"),
     filters=(equals("user_id", UUID), CURRENCY),
     listing=Doc(

@@ -2,16 +2,11 @@
 
 from __future__ import annotations
 
-from datetime import date
 from typing import Final
-from uuid import UUID
 
 from api.queries.filters import ACCOUNT, Range
 from api.queries.model import OWN_ACCOUNTS, Doc, ReadModel
-from api.queries.paging import Keyset
 from api.queries.schemas import DailyPnlView
-
-KEYSET: Final = Keyset(name="daily_pnl", columns=("day", "account_id"), key_type=tuple[date, UUID])
 
 MODEL: Final = ReadModel(
     name="daily_pnl",
@@ -21,8 +16,8 @@ MODEL: Final = ReadModel(
     rows="days",
     table="read.daily_pnl",
     view=DailyPnlView,
-    keyset=KEYSET,
-    key=(("account_id", UUID), ("day", date)),
+    sort=("day", "account_id"),
+    key=("account_id", "day"),
     ownership=OWN_ACCOUNTS,
     filters=(ACCOUNT, Range("day", days=True)),
     missing="P&L of account {account_id} on {day}",

@@ -7,23 +7,19 @@ from uuid import UUID
 
 from api.queries.filters import ACCOUNT, INSTRUMENT, SYMBOL, Range, equals
 from api.queries.model import OWN_ACCOUNTS, Children, Doc, ReadModel
-from api.queries.paging import Keyset, UtcTime
 from api.queries.schemas import FillView, OrderDetail, OrderView
 from ledger.domain.order import OrderStatus
 from ledger.domain.side import Side
 
 FILLS_MAX: Final = 500
-KEYSET: Final = Keyset(
-    name="orders", columns=("placed_at", "order_id"), key_type=tuple[UtcTime, UUID]
-)
 
 MODEL: Final = ReadModel(
     name="orders",
     one="order",
     table="read.orders",
     view=OrderView,
-    keyset=KEYSET,
-    key=(("order_id", UUID),),
+    sort=("placed_at", "order_id"),
+    key=("order_id",),
     ownership=OWN_ACCOUNTS,
     filters=(
         ACCOUNT,
@@ -56,3 +52,6 @@ MODEL: Final = ReadModel(
         "accounts only (404 for any other).",
     ),
 )
+
+# The list's keyset, for its cursors (tests/unit/test_query_paging.py).
+KEYSET: Final = MODEL.keyset

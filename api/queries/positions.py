@@ -3,24 +3,18 @@
 from __future__ import annotations
 
 from typing import Final
-from uuid import UUID
 
 from api.queries.filters import ACCOUNT, INSTRUMENT, SYMBOL, Switch
 from api.queries.model import OWN_ACCOUNTS, Doc, ReadModel
-from api.queries.paging import Keyset, UtcTime
 from api.queries.schemas import PositionView
-
-KEYSET: Final = Keyset(
-    name="positions", columns=("opened_at", "position_id"), key_type=tuple[UtcTime, UUID]
-)
 
 MODEL: Final = ReadModel(
     name="positions",
     one="position",
     table="read.positions",
     view=PositionView,
-    keyset=KEYSET,
-    key=(("position_id", UUID),),
+    sort=("opened_at", "position_id"),
+    key=("position_id",),
     ownership=OWN_ACCOUNTS,
     filters=(
         ACCOUNT,

@@ -64,6 +64,23 @@ def _handler(
     return function
 
 
+def _route(model: ReadModel, path: str, handler: Handler, *, one: bool = False) -> HTTPRouteHandler:
+    """A GET route of the model: its roles, what it waits for, its words in OpenAPI."""
+    doc = model.reading if one else model.listing
+    return get(
+        path,
+        tags=model.tags,
+        **query(
+            *model.roles,
+            projection=model.name,
+            owned_through=model.owned_through,
+            one=one,
+            summary=doc.summary,
+            description=doc.description,
+        ),
+    )(handler)
+
+
 def _path(kind: Any) -> Any:
     """`FromPath[kind]`, made from a type held as data."""
     return Annotated[kind, PathParameter()]
@@ -97,8 +114,8 @@ def list_route(model: ReadModel) -> HTTPRouteHandler:
     """`GET /api/v1/<path>`: one page of rows after the cursor, filtered, in order."""
     columns = Columns(model.view, derived=model.derived)
     sql = columns.select(model.table)
-    page = page_of(model.view, model.rows or model.name)
-    rows_field = model.rows or model.name
+    rows_field = model.rows_field
+    page = page_of(model.view, rows_field)
     keyset = model.keyset
 
     async def list_rows(
@@ -130,17 +147,9 @@ def list_route(model: ReadModel) -> HTTPRouteHandler:
         keyword("order", Order, model.default_order),
         *(parameter for item in model.filters for parameter in item.parameters()),
     ]
-    handler = _handler(list_rows, f"list_{model.name}", parameters, page)
-    return get(
-        model.list_path,
-        tags=[model.tag or model.name],
-        **query(
-            *model.roles,
-            **model.projections,
-            summary=model.listing.summary,
-            description=model.listing.description,
-        ),
-    )(handler)
+    return _route(
+        model, model.list_path, _handler(list_rows, f"list_{model.name}", parameters, page)
+    )
 
 
 def get_route(model: ReadModel) -> HTTPRouteHandler:
@@ -167,29 +176,19 @@ def get_route(model: ReadModel) -> HTTPRouteHandler:
         select = Select(sql)
         if model.where is not None:
             select.where(model.where)
-        for name, _ in model.key:
+        for name in model.key:
             select.where(f"{name} = {{}}", key[name])
         row = await reader.row(_owned(select, model, reader).statement())
         if row is None:
             raise not_found(code, model.not_found_message(key))
         fields = columns.fields(row)
-        if children is not None and child_rows is not None:
-            fields[children.field] = await child_rows.read(reader, key)
+        if child_rows is not None:
+            fields[child_rows.children.field] = await child_rows.read(reader, key)
         return detail(**fields)
 
     parameters = [
         keyword("reader", NamedDependency[Reader]),
-        *(keyword(name, _path(kind)) for name, kind in model.key),
+        *(keyword(name, _path(kind)) for name, kind in model.key_parameters),
     ]
     handler = _handler(get_row, f"get_{model.one}", parameters, detail)
-    return get(
-        model.get_path,
-        tags=[model.tag or model.name],
-        **query(
-            *model.roles,
-            **model.projections,
-            one=True,
-            summary=model.reading.summary,
-            description=model.reading.description,
-        ),
-    )(handler)
+    return _route(model, model.get_path, handler, one=True)

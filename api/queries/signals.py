@@ -7,21 +7,16 @@ from uuid import UUID
 
 from api.queries.filters import INSTRUMENT, SYMBOL, Range, equals
 from api.queries.model import Doc, Ownership, ReadModel
-from api.queries.paging import Keyset, UtcTime
 from api.queries.schemas import SignalView
 from ledger.domain.signal import SignalAction
-
-KEYSET: Final = Keyset(
-    name="signals", columns=("emitted_at", "signal_id"), key_type=tuple[UtcTime, UUID]
-)
 
 MODEL: Final = ReadModel(
     name="signals",
     one="signal",
     table="read.signals",
     view=SignalView,
-    keyset=KEYSET,
-    key=(("signal_id", UUID),),
+    sort=("emitted_at", "signal_id"),
+    key=("signal_id",),
     ownership=Ownership(
         condition="strategy_id IN (SELECT strategy_id FROM read.strategies WHERE owner_id = {})",
         through="strategies",

@@ -7,20 +7,15 @@ from uuid import UUID
 
 from api.queries.filters import equals
 from api.queries.model import Doc, Ownership, ReadModel
-from api.queries.paging import Keyset, UtcTime
 from api.queries.schemas import StrategyView
-
-KEYSET: Final = Keyset(
-    name="strategies", columns=("created_at", "strategy_id"), key_type=tuple[UtcTime, UUID]
-)
 
 MODEL: Final = ReadModel(
     name="strategies",
     one="strategy",
     table="read.strategies",
     view=StrategyView,
-    keyset=KEYSET,
-    key=(("strategy_id", UUID),),
+    sort=("created_at", "strategy_id"),
+    key=("strategy_id",),
     ownership=Ownership(condition="owner_id = {}"),
     filters=(
         equals("owner_id", UUID),

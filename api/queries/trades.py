@@ -7,15 +7,8 @@ from uuid import UUID
 
 from api.queries.filters import ACCOUNT, INSTRUMENT, SYMBOL, Range, equals
 from api.queries.model import OWN_ACCOUNTS, Doc, ReadModel
-from api.queries.paging import Keyset, UtcTime
 from api.queries.schemas import TradeView
 from ledger.domain.side import Side
-
-KEYSET: Final = Keyset(
-    name="trades",
-    columns=("executed_at", "order_id", "fill_id"),
-    key_type=tuple[UtcTime, UUID, str],
-)
 
 MODEL: Final = ReadModel(
     name="trades",
@@ -26,8 +19,8 @@ MODEL: Final = ReadModel(
     # its booking, which gives its execution time, is applied. A command's two events are
     # both applied by the time its consistency token is.
     where="executed_at IS NOT NULL",
-    keyset=KEYSET,
-    key=(("order_id", UUID), ("fill_id", str)),
+    sort=("executed_at", "order_id", "fill_id"),
+    key=("order_id", "fill_id"),
     ownership=OWN_ACCOUNTS,
     filters=(
         ACCOUNT,
@@ -49,3 +42,6 @@ MODEL: Final = ReadModel(
         "(404 for any other).",
     ),
 )
+
+# The list's keyset, for its cursors (tests/unit/test_query_paging.py).
+KEYSET: Final = MODEL.keyset

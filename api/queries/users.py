@@ -3,25 +3,19 @@
 from __future__ import annotations
 
 from typing import Final
-from uuid import UUID
 
 from api.queries.filters import equals
 from api.queries.model import Doc, ReadModel
-from api.queries.paging import Keyset, UtcTime
 from api.queries.schemas import UserView
 from ledger.domain.user import Role
-
-KEYSET: Final = Keyset(
-    name="users", columns=("registered_at", "user_id"), key_type=tuple[UtcTime, UUID]
-)
 
 MODEL: Final = ReadModel(
     name="users",
     one="user",
     table="read.users",
     view=UserView,
-    keyset=KEYSET,
-    key=(("user_id", UUID),),
+    sort=("registered_at", "user_id"),
+    key=("user_id",),
     roles=(Role.ADMIN,),
     filters=(
         equals("role", Role),
