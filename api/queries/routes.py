@@ -114,8 +114,8 @@ def list_route(model: ReadModel) -> HTTPRouteHandler:
     """`GET /api/v1/<path>`: one page of rows after the cursor, filtered, in order."""
     columns = Columns(model.view, derived=model.derived)
     sql = columns.select(model.table)
-    rows_field = model.rows_field
-    page = page_of(model.view, rows_field)
+    page = page_of(model.view, model.rows_field)
+    view, values_of = model.view, columns.values
     keyset = model.keyset
 
     async def list_rows(
@@ -133,11 +133,10 @@ def list_route(model: ReadModel) -> HTTPRouteHandler:
         for template, values in conditions:
             select.where(template, *values)
         rows = await reader.rows(select.page(keyset, order, after, limit))
+        # Not columns.view_of: one call less per row, on the path most read.
         return page(
-            **{
-                rows_field: [columns.view_of(row) for row in rows[:limit]],
-                "next_cursor": next_cursor(keyset, order, rows, limit),
-            }
+            [view(*values_of(row)) for row in rows[:limit]],
+            next_cursor(keyset, order, rows, limit),
         )
 
     parameters = [
@@ -181,10 +180,10 @@ def get_route(model: ReadModel) -> HTTPRouteHandler:
         row = await reader.row(_owned(select, model, reader).statement())
         if row is None:
             raise not_found(code, model.not_found_message(key))
-        fields = columns.fields(row)
+        values = columns.values(row)
         if child_rows is not None:
-            fields[child_rows.children.field] = await child_rows.read(reader, key)
-        return detail(**fields)
+            values.append(await child_rows.read(reader, key))
+        return detail(*values)
 
     parameters = [
         keyword("reader", NamedDependency[Reader]),
