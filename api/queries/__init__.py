@@ -4,11 +4,11 @@ each able to wait for a command's writes (`consistent_with=TOKEN`).
 
 Each read model is declared once, in its module (`MODEL`, a ReadModel), and its list and
 get routes are built from that (api/queries/routes.py). `route_handlers` are the query
-routes, with their full paths; they are registered on
-the app after the command routers, since Litestar merges a handler into a route of the
-same path (GET /api/v1/orders beside POST) but refuses a second Router there (each brings
-its own OPTIONS handler). `lifespan` runs the process's ProjectionWatcher (one LISTEN
-connection) beside the app's pool, and must come after the lifespan that opens it.
+routes, with their full paths; they are registered on the app after the command routers,
+since Litestar merges a handler into a route of the same path (GET /api/v1/orders beside
+POST) but refuses a second Router there (each brings its own OPTIONS handler).
+`lifespan` runs the process's ProjectionWatcher (one LISTEN connection) beside the app's
+pool, and must come after the lifespan that opens it.
 """
 
 from __future__ import annotations
