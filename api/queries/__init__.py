@@ -2,11 +2,13 @@
 accounts, orders, trades, positions, daily P&L, signals, strategies, instruments and users,
 each able to wait for a command's writes (`consistent_with=TOKEN`).
 
-`route_handlers` are the query routes, with their full paths; they are registered on
-the app after the command routers, since Litestar merges a handler into a route of the
-same path (GET /api/v1/orders beside POST) but refuses a second Router there (each brings
-its own OPTIONS handler). `lifespan` runs the process's ProjectionWatcher (one LISTEN
-connection) beside the app's pool, and must come after the lifespan that opens it.
+Each read model is declared once, in its module (`MODEL`, a ReadModel), and its list and
+get routes are built from that (api/queries/routes.py). `route_handlers` are the query
+routes, with their full paths; they are registered on the app after the command routers,
+since Litestar merges a handler into a route of the same path (GET /api/v1/orders beside
+POST) but refuses a second Router there (each brings its own OPTIONS handler).
+`lifespan` runs the process's ProjectionWatcher (one LISTEN connection) beside the app's
+pool, and must come after the lifespan that opens it.
 """
 
 from __future__ import annotations
@@ -29,6 +31,8 @@ from api.queries import (
     trades,
     users,
 )
+from api.queries.model import ReadModel
+from api.queries.routes import routes
 from api.queries.waiting import ProjectionWatcher
 from ledger.settings import Settings
 
@@ -46,23 +50,19 @@ async def lifespan(app: Litestar) -> AsyncIterator[None]:
         await watcher.close()
 
 
+# The read models, each declared once (api/queries/model.py); the order of their routes.
+MODELS: Final[tuple[ReadModel, ...]] = (
+    accounts.MODEL,
+    orders.MODEL,
+    trades.MODEL,
+    positions.MODEL,
+    daily_pnl.MODEL,
+    signals.MODEL,
+    strategies.MODEL,
+    instruments.MODEL,
+    users.MODEL,
+)
+
 route_handlers: Final[list[HTTPRouteHandler]] = [
-    accounts.list_accounts,
-    accounts.get_account,
-    orders.list_orders,
-    orders.get_order,
-    trades.list_trades,
-    trades.get_trade,
-    positions.list_positions,
-    positions.get_position,
-    daily_pnl.list_daily_pnl,
-    daily_pnl.get_daily_pnl,
-    signals.list_signals,
-    signals.get_signal,
-    strategies.list_strategies,
-    strategies.get_strategy,
-    instruments.list_instruments,
-    instruments.get_instrument,
-    users.list_users,
-    users.get_user,
+    handler for model in MODELS for handler in routes(model)
 ]

@@ -40,8 +40,6 @@ from ledger.settings import Settings
 READS_OPT: Final = "reads"
 # Who reads the trading read models; a trader only their own rows.
 READERS: Final = (Role.TRADER, Role.ANALYST, Role.ADMIN)
-# A trader's rows of a model booked on accounts.
-OWN_ACCOUNTS: Final = "account_id IN (SELECT account_id FROM read.accounts WHERE user_id = {})"
 STATEMENT_TIMEOUT_S: Final = 5.0
 RETRY_AFTER_S: Final = 1
 _BIGINT_MAX: Final = 2**63 - 1
