@@ -123,9 +123,7 @@ class Runner:
         self._next_try_s = now_s + self.options.standby_retry_s
         try:
             if self._connection is None:
-                self._connection = await self.pool.acquire(
-                    timeout=self.options.connect_timeout_s
-                )
+                self._connection = await self.pool.acquire(timeout=self.options.connect_timeout_s)
             if await self._connection.fetchval(
                 "SELECT pg_try_advisory_lock($1, hashtext($2))",
                 WORKER_LOCK_CLASS,
@@ -311,7 +309,6 @@ def _end_applied(spans: Sequence[tuple[Span, int]], checkpoint: int) -> None:
         if last > checkpoint:
             span.set_status(Status(StatusCode.ERROR, f"not applied past sequence {checkpoint}"))
         span.end()
-
 
 
 def _end_failed(spans: Sequence[tuple[Span, int]], error: BaseException) -> None:
