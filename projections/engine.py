@@ -66,6 +66,20 @@ WHERE c.projection = $1 AND b.sequence BETWEEN $2 - 1 AND $3 - 1
 RETURNING b.sequence AS before, c.sequence"""
 
 
+# The same for several projections that handle none of a batch, in one statement: a
+# worker process's batch is shared by every projection it leads (projections/worker.py).
+# Rows are locked in name order, as two such statements of overlapping sets would.
+_SKIP_MANY_SQL: Final = announcing(
+    f"""
+UPDATE {LIVE_SCHEMA}.checkpoints AS c SET {_MOVED.format(sequence="$3")}
+FROM (SELECT projection, sequence FROM {LIVE_SCHEMA}.checkpoints
+      WHERE projection = ANY($1::text[]) ORDER BY projection FOR UPDATE) AS b
+WHERE c.projection = b.projection AND b.sequence BETWEEN $2 - 1 AND $3 - 1
+RETURNING c.projection, b.sequence AS before, c.sequence""",
+    projection="moved.projection",
+)
+
+
 @functools.lru_cache(maxsize=64)
 def _skip_sql(schema: str, announce: bool) -> str:
     skip = _SKIP_SQL.format(schema=check_schema(schema))
@@ -175,3 +189,22 @@ async def _skip(
     statement = _skip_sql(schema, announce)
     moved = await connection.fetch(statement, name, first, last, timeout=STATEMENT_TIMEOUT_S)
     return Applied(moved[0]["before"], last, 0) if moved else None
+
+
+async def skip_unhandled(
+    connection: asyncpg.Connection, projections: Sequence[Projection], events: Sequence[LoggedEvent]
+) -> dict[str, Applied]:
+    """Move, in one statement on the live schema and announced, the checkpoints of those
+    `projections` that handle none of `events` and can be moved past them as apply_batch's
+    skip would; what each did, by name. The others (a gap, a redelivery, no checkpoint
+    yet, or an event they handle) are left to apply_batch."""
+    ordered = sorted(events, key=lambda logged: logged.sequence)
+    topics = {logged.topic for logged in ordered}
+    names = [item.name for item in projections if item.topics.isdisjoint(topics)]
+    if not names or not ordered:
+        return {}
+    first, last = ordered[0].sequence, ordered[-1].sequence
+    if last - first + 1 != len({logged.sequence for logged in ordered}):
+        return {}
+    moved = await connection.fetch(_SKIP_MANY_SQL, names, first, last, timeout=STATEMENT_TIMEOUT_S)
+    return {row["projection"]: Applied(row["before"], last, 0) for row in moved}
