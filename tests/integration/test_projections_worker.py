@@ -33,6 +33,7 @@ from tests.integration.test_projections_fold import (
     read_log,
     sequence_all,
 )
+from tests.integration.test_relay import TcpProxy
 
 CATCH_UP_TIMEOUT_S = 60.0
 _numbers = itertools.count(1)
@@ -363,3 +364,23 @@ async def test_a_second_worker_of_the_same_selection_stands_by_and_takes_over(
     await all_acked(running, nats_url, "projection-all")
     assert await durables(running, nats_url) == ["projection-all"]
     assert not second.task.done()
+
+
+async def test_a_worker_cut_off_from_nats_catches_up_when_it_comes_back(
+    running: Running, nats_url: str
+) -> None:
+    proxy = TcpProxy(nats_url)
+    await proxy.start()
+    await Scenario(EventStore(running.pool), seed=91, tag="a").run(60)
+    worker = running.start_worker(proxy.url)
+    await running.caught_up()
+
+    await proxy.stop()  # The worker's NATS is gone; the relay's is not.
+    await Scenario(EventStore(running.pool), seed=92, tag="b").run(60)
+    await asyncio.sleep(5 * running.options().fetch_timeout_s)
+    await proxy.start()
+
+    await running.caught_up()
+    await assert_equal_to_the_fold(running.pool)
+    await all_acked(running, nats_url, "projection-all")
+    assert not worker.task.done()
