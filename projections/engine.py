@@ -12,8 +12,10 @@ as the transaction's search_path. A batch of FOLD_FROM events or more to apply i
 in memory and each row written once, as a rebuild does (projections/folding.py); a
 smaller one runs one statement per event. A batch holding no event the projection handles
 (most batches, for most projections) only moves the checkpoint, in one statement that
-checks the same things (`_skip`). With `announce` (the worker), the new checkpoint is
-sent by the statement that moves it, at the commit (projections.notify.announcing).
+checks the same things (`_skip`; `skip_unhandled` does it for several projections at
+once, since a worker process's batch is shared by all it leads). With `announce` (the
+worker), the new checkpoint is sent by the statement that moves it, at the commit
+(projections.notify.announcing).
 """
 
 from __future__ import annotations
@@ -68,7 +70,8 @@ RETURNING b.sequence AS before, c.sequence"""
 
 # The same for several projections that handle none of a batch, in one statement: a
 # worker process's batch is shared by every projection it leads (projections/worker.py).
-# Rows are locked in name order, as two such statements of overlapping sets would.
+# Rows are locked in name order, so two such statements over overlapping sets cannot
+# deadlock.
 _SKIP_MANY_SQL: Final = announcing(
     f"""
 UPDATE {LIVE_SCHEMA}.checkpoints AS c SET {_MOVED.format(sequence="$3")}
