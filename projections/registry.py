@@ -17,7 +17,7 @@ from projections import (
     trades,
     users,
 )
-from projections.base import Projection
+from projections.base import Projection, topics_of
 
 _MODULES: Final[tuple[ModuleType, ...]] = (
     users,
@@ -34,7 +34,11 @@ _MODULES: Final[tuple[ModuleType, ...]] = (
 PROJECTIONS: Final[Mapping[str, Projection]] = MappingProxyType(
     {
         module.NAME: Projection(
-            name=module.NAME, tables=module.TABLES, handlers=module.HANDLERS, page=module.Page
+            name=module.NAME,
+            tables=module.TABLES,
+            handlers=module.HANDLERS,
+            page=module.Page,
+            topics=topics_of(module.HANDLERS),
         )
         for module in _MODULES
     }
