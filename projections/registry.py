@@ -17,7 +17,7 @@ from projections import (
     trades,
     users,
 )
-from projections.base import Projection, topics_of
+from projections.base import Projection
 
 _MODULES: Final[tuple[ModuleType, ...]] = (
     users,
@@ -34,11 +34,7 @@ _MODULES: Final[tuple[ModuleType, ...]] = (
 PROJECTIONS: Final[Mapping[str, Projection]] = MappingProxyType(
     {
         module.NAME: Projection(
-            name=module.NAME,
-            tables=module.TABLES,
-            handlers=module.HANDLERS,
-            page=module.Page,
-            topics=topics_of(module.HANDLERS),
+            name=module.NAME, tables=module.TABLES, handlers=module.HANDLERS, page=module.Page
         )
         for module in _MODULES
     }
