@@ -114,6 +114,11 @@ class Runner:
         """Whether batches handed to it are applied (it holds the lock and is not parked)."""
         return self._leading and self.parked is None
 
+    @property
+    def standing_by(self) -> bool:
+        """Whether try_lead has anything to try (neither leading nor parked)."""
+        return not self._leading and self.parked is None
+
     async def try_lead(self) -> None:
         """Take the projection's lock if it is free and its time has come; catch up from the
         log on taking it. A no-op while leading or parked, or until the next try is due."""

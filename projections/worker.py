@@ -218,7 +218,8 @@ class Consumer:
             return
         try:
             while not stop.is_set() and self._unparked():
-                await asyncio.gather(*(runner.try_lead() for runner in self.runners))
+                # Only those standing by: a task per runner per batch is not free.
+                await asyncio.gather(*(r.try_lead() for r in self.runners if r.standing_by))
                 try:
                     messages = await subscription.fetch(
                         options.fetch_batch, timeout=options.fetch_timeout_s
@@ -318,7 +319,8 @@ class Consumer:
         decoded = [(message, _decoded(message)) for message in messages]
         readable = [(message, event) for message, event in decoded if event is not None]
         batch = [message for message, _ in readable], [event for _, event in readable]
-        leading = [runner for runner in self.runners if runner.leading]
+        # A batch of unreadable bodies alone is nobody's to apply, so acked whole.
+        leading = [runner for runner in self.runners if runner.leading] if readable else []
         skipped = await skip_unhandled(
             connection, [runner.projection for runner in leading], batch[1]
         )
