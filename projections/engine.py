@@ -12,8 +12,10 @@ as the transaction's search_path. A batch of FOLD_FROM events or more to apply i
 in memory and each row written once, as a rebuild does (projections/folding.py); a
 smaller one runs one statement per event. A batch holding no event the projection handles
 (most batches, for most projections) only moves the checkpoint, in one statement that
-checks the same things (`_skip`). With `announce` (the worker), the new checkpoint is
-sent by the statement that moves it, at the commit (projections.notify.announcing).
+checks the same things (`_skip`; `skip_unhandled` does it for several projections at
+once, since a worker process's batch is shared by all it leads). With `announce` (the
+worker), the new checkpoint is sent by the statement that moves it, at the commit
+(projections.notify.announcing).
 """
 
 from __future__ import annotations
@@ -64,6 +66,21 @@ UPDATE {{schema}}.checkpoints AS c SET {_MOVED.format(sequence="$3")}
 FROM (SELECT sequence FROM {{schema}}.checkpoints WHERE projection = $1 FOR UPDATE) AS b
 WHERE c.projection = $1 AND b.sequence BETWEEN $2 - 1 AND $3 - 1
 RETURNING b.sequence AS before, c.sequence"""
+
+
+# The same for several projections that handle none of a batch, in one statement: a
+# worker process's batch is shared by every projection it leads (projections/worker.py).
+# Rows are locked in name order, so two such statements over overlapping sets cannot
+# deadlock.
+_SKIP_MANY_SQL: Final = announcing(
+    f"""
+UPDATE {LIVE_SCHEMA}.checkpoints AS c SET {_MOVED.format(sequence="$3")}
+FROM (SELECT projection, sequence FROM {LIVE_SCHEMA}.checkpoints
+      WHERE projection = ANY($1::text[]) ORDER BY projection FOR UPDATE) AS b
+WHERE c.projection = b.projection AND b.sequence BETWEEN $2 - 1 AND $3 - 1
+RETURNING c.projection, b.sequence AS before, c.sequence""",
+    projection="moved.projection",
+)
 
 
 @functools.lru_cache(maxsize=64)
@@ -175,3 +192,22 @@ async def _skip(
     statement = _skip_sql(schema, announce)
     moved = await connection.fetch(statement, name, first, last, timeout=STATEMENT_TIMEOUT_S)
     return Applied(moved[0]["before"], last, 0) if moved else None
+
+
+async def skip_unhandled(
+    connection: asyncpg.Connection, projections: Sequence[Projection], events: Sequence[LoggedEvent]
+) -> dict[str, Applied]:
+    """Move, in one statement on the live schema and announced, the checkpoints of those
+    `projections` that handle none of `events` and can be moved past them as apply_batch's
+    skip would; what each did, by name. The others (a gap, a redelivery, no checkpoint
+    yet, or an event they handle) are left to apply_batch."""
+    ordered = sorted(events, key=lambda logged: logged.sequence)
+    topics = {logged.topic for logged in ordered}
+    names = [item.name for item in projections if item.topics.isdisjoint(topics)]
+    if not names or not ordered:
+        return {}
+    first, last = ordered[0].sequence, ordered[-1].sequence
+    if last - first + 1 != len({logged.sequence for logged in ordered}):
+        return {}
+    moved = await connection.fetch(_SKIP_MANY_SQL, names, first, last, timeout=STATEMENT_TIMEOUT_S)
+    return {row["projection"]: Applied(row["before"], last, 0) for row in moved}

@@ -27,12 +27,14 @@ async def notify_projected(connection: asyncpg.Connection, projection: str, sequ
     )
 
 
-def announcing(statement: str) -> str:
-    """`statement` (an UPDATE of a checkpoint whose $1 is the projection's name, RETURNING
-    its new `sequence`), notifying the move at the commit; returns what it returned."""
+def announcing(statement: str, projection: str = "$1") -> str:
+    """`statement` (an UPDATE of checkpoints RETURNING their new `sequence`), notifying
+    each move at the commit; returns what it returned. `projection` is the SQL of the
+    moved projection's name: its parameter, or `moved.projection` when the statement
+    moves several and returns their names."""
     return (
         f"WITH moved AS ({statement})\n"
-        f"SELECT moved.*, pg_notify('{CHANNEL}', $1 || ':' || moved.sequence) FROM moved"
+        f"SELECT moved.*, pg_notify('{CHANNEL}', {projection} || ':' || moved.sequence) FROM moved"
     )
 
 

@@ -17,7 +17,13 @@ import pytest
 from ledger.store import EventStore
 from projections import source
 from projections.base import LoggedEvent
-from projections.engine import SequenceGapError, apply_batch, read_checkpoint
+from projections.engine import (
+    Applied,
+    SequenceGapError,
+    apply_batch,
+    read_checkpoint,
+    skip_unhandled,
+)
 from projections.notify import CHANNEL
 from projections.rebuild import rebuild
 from projections.registry import PROJECTIONS
@@ -178,6 +184,47 @@ async def test_a_batch_the_projection_does_not_handle_moves_only_its_checkpoint(
         async with asyncio.timeout(10):
             assert await heard.get() == f"users:{second[-1].sequence}"
         assert heard.empty()  # the redelivery and the refused batch announced nothing
+        await listener.remove_listener(CHANNEL, hear)
+
+
+async def test_projections_that_handle_none_of_a_batch_move_in_one_statement(
+    session: Session,
+) -> None:
+    """skip_unhandled (the worker's shared batch) moves every projection it can, as
+    apply_batch's skip would, in one statement, announced; it leaves alone one behind the
+    batch (a gap), one that handles an event of it, and a redelivery."""
+    users, instruments, orders = (PROJECTIONS[name] for name in ("users", "instruments", "orders"))
+    heard: asyncio.Queue[str] = asyncio.Queue()
+    async with session.pool.acquire() as connection, session.pool.acquire() as listener:
+
+        def hear(*args: Any) -> None:
+            heard.put_nowait(args[3])
+
+        await listener.add_listener(CHANNEL, hear)
+        batch = await source.read_after(connection, 0, limit=session.head)
+        runs = _contiguous_runs(
+            [event for event in batch if event.topic not in users.topics | instruments.topics]
+        )
+        run = next(
+            run
+            for run in runs[1:]
+            if len(run) >= 2 and any(event.topic in orders.topics for event in run)
+        )
+        first, last = run[0].sequence, run[-1].sequence
+        for projection, upto in ((users, first - 1), (instruments, first - 2), (orders, first - 1)):
+            await apply_batch(connection, projection, [e for e in batch if e.sequence <= upto])
+
+        moved = await skip_unhandled(connection, [users, instruments, orders], run)
+
+        assert moved == {"users": Applied(first - 1, last, 0)}
+        checkpoints = [
+            await read_checkpoint(connection, p.name) for p in (users, instruments, orders)
+        ]
+        assert checkpoints == [last, first - 2, first - 1]
+        async with asyncio.timeout(10):
+            assert await heard.get() == f"users:{last}"
+        assert await skip_unhandled(connection, [users], run) == {}  # Redelivered.
+        assert heard.empty()
         await listener.remove_listener(CHANNEL, hear)
 
 

@@ -10,8 +10,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
-from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from typing import Any, NamedTuple
 
 import asyncpg
 import msgspec
@@ -24,14 +24,16 @@ from ledger.store import EventStore
 from projections import source
 from projections.lag import ProjectionLag, lag, metrics_text, ready
 from projections.registry import PROJECTIONS
+from projections.runner import WORKER_LOCK_CLASS, Parked
 from projections.scenario import Scenario
-from projections.worker import WorkerOptions, run_projections
+from projections.worker import CONSUMER_LOCK_CLASS, WorkerOptions, run_projections
 from tests.integration.test_projections_fold import (
     actual_rows,
     expected_rows,
     read_log,
     sequence_all,
 )
+from tests.integration.test_relay import TcpProxy
 
 CATCH_UP_TIMEOUT_S = 60.0
 _numbers = itertools.count(1)
@@ -72,6 +74,15 @@ def relay_runner(
     return Relay(url, nats_url, options).run
 
 
+class Worker(NamedTuple):
+    stop: asyncio.Event
+    task: asyncio.Task[list[Parked]]
+
+    async def stopped(self) -> list[Parked]:
+        self.stop.set()
+        return await asyncio.wait_for(self.task, timeout=30)
+
+
 class Running:
     """A database with a session in it, the relay and some workers, stopped together."""
 
@@ -79,6 +90,7 @@ class Running:
         self.url, self.pool, self.stream = url, pool, stream
         self.stop = asyncio.Event()
         self.tasks: list[asyncio.Task[Any]] = []
+        self.stops = [self.stop]
 
     def options(self) -> WorkerOptions:
         return WorkerOptions(
@@ -108,6 +120,23 @@ class Running:
         self.tasks += started
         return started
 
+    def start_worker(self, nats_url: str, names: Sequence[str] = ("all",)) -> Worker:
+        """A worker process (as `ledger project NAMES`) that can be stopped on its own."""
+        stop = asyncio.Event()
+        self.stops.append(stop)
+        task = asyncio.create_task(
+            run_projections(
+                self.url,
+                nats_url,
+                names,
+                stream_name=self.stream,
+                stop=stop,
+                options=self.options(),
+            )
+        )
+        self.tasks.append(task)
+        return Worker(stop, task)
+
     async def caught_up(self, *, failing: frozenset[str] = frozenset()) -> list[ProjectionLag]:
         """Wait until every projection not in `failing` is at the head, those in it failing."""
         async with asyncio.timeout(CATCH_UP_TIMEOUT_S):
@@ -134,7 +163,8 @@ async def running(databases: Any, nats_url: str, stream_prefix: str) -> AsyncIte
     opened = Running(url, pool, stream)
     opened.tasks.append(asyncio.create_task(relay_runner(url, nats_url, stream)(opened.stop)))
     yield opened
-    opened.stop.set()
+    for stop in opened.stops:
+        stop.set()
     await asyncio.wait_for(asyncio.gather(*opened.tasks, return_exceptions=True), timeout=30)
     await pool.close()
     client = await nats.connect(nats_url)
@@ -171,7 +201,7 @@ async def test_a_poison_event_parks_its_projection_and_shows_in_lag(
     running: Running, nats_url: str
 ) -> None:
     await Scenario(EventStore(running.pool), seed=31).run(60)
-    (worker,) = running.start_workers(nats_url, count=1)
+    worker = running.start_worker(nats_url)
     await running.caught_up()
     # Another session registers the same emails: the users read model refuses the row.
     await Scenario(EventStore(running.pool), seed=32).run(60)
@@ -194,15 +224,49 @@ async def test_a_poison_event_parks_its_projection_and_shows_in_lag(
     assert not ready(lags.values())
     assert 'ledger_projection_failing{projection="users"} 1' in metrics_text(lags.values())
 
-    # Once what blocked it is gone, a restarted worker applies the parked event and clears
-    # the flag; the first worker still runs the other projections, so this one stands by
-    # for those and takes over users alone.
-    assert not worker.done()
+    # The others go on past it, and the process's one durable is acked past it too: the
+    # parked projection does not hold the stream's messages back (the log has them).
+    await Scenario(EventStore(running.pool), seed=33, tag="c").run(60)
+    lags = {item.name: item for item in await running.caught_up(failing=frozenset({"users"}))}
+    assert lags["users"].checkpoint == users.checkpoint
+    assert lags["users"].parked_sequence == users.parked_sequence
+    await all_acked(running, nats_url, "projection-all")
+
+    # Once what blocked it is gone, the restarted worker takes users' lead again and
+    # catches it up from the log, from the parked event on, clearing the flag.
+    assert not worker.task.done()
     async with running.pool.acquire() as connection:
         await connection.execute("ALTER TABLE read.users DROP CONSTRAINT users_email_key")
-    running.start_workers(nats_url, count=1)
+    parked = await worker.stopped()
+    assert [(item.name, item.sequence) for item in parked] == [("users", users.parked_sequence)]
+    running.start_worker(nats_url)
     await running.caught_up()
     assert ready(await lag(running.pool, PROJECTIONS))
+    await assert_equal_to_the_fold(running.pool)
+
+
+async def all_acked(running: Running, nats_url: str, durable: str) -> None:
+    """Wait until `durable` has every message of the stream delivered and acked."""
+    client = await nats.connect(nats_url)
+    try:
+        async with asyncio.timeout(CATCH_UP_TIMEOUT_S):
+            while True:
+                info = await client.jetstream().consumer_info(running.stream, durable)
+                assert info.config.ack_policy == AckPolicy.ALL
+                if info.num_ack_pending == 0 and info.num_pending == 0:
+                    return
+                await asyncio.sleep(0.05)
+    finally:
+        await client.close()
+
+
+async def durables(running: Running, nats_url: str) -> list[str]:
+    client = await nats.connect(nats_url)
+    try:
+        names = await client.jetstream().consumers_info(running.stream)
+    finally:
+        await client.close()
+    return sorted(info.name for info in names)
 
 
 async def test_workers_started_before_the_relay_wait_for_its_stream(
@@ -231,39 +295,92 @@ async def test_workers_started_before_the_relay_wait_for_its_stream(
         await client.close()
 
 
-async def test_batches_are_acked_with_one_ack_and_old_durables_are_made_again(
+async def test_a_worker_process_has_one_durable_and_the_earlier_ones_are_deleted(
     running: Running, nats_url: str
 ) -> None:
-    """Durables ack with AckPolicy.ALL, one ack per batch; one left by an earlier release,
-    acked message by message, is deleted and made again where the checkpoint says."""
+    """Each worker process consumes one durable, named from its selection and acked with
+    AckPolicy.ALL (one ack per batch); the per-projection durables of the earlier release
+    are deleted, so they keep no messages."""
+    await Scenario(EventStore(running.pool), seed=61, tag="a").run(60)
     client = await nats.connect(nats_url)
     try:
         jetstream = client.jetstream()
-        await Scenario(EventStore(running.pool), seed=61, tag="a").run(60)
         async with asyncio.timeout(CATCH_UP_TIMEOUT_S):
             while True:  # The relay has made the stream and published into it.
                 with contextlib.suppress(nats.js.errors.NotFoundError):
                     if (await jetstream.stream_info(running.stream)).state.messages > 0:
                         break
                 await asyncio.sleep(0.05)
-        old = ConsumerConfig(
-            durable_name="projection-orders",
-            ack_policy=AckPolicy.EXPLICIT,
-            deliver_policy=DeliverPolicy.ALL,
-        )
-        await jetstream.add_consumer(running.stream, old)
-        running.start_workers(nats_url, count=1)
-        await running.caught_up()
-        await Scenario(EventStore(running.pool), seed=62, tag="b").run(60)
-        await running.caught_up()
-        await assert_equal_to_the_fold(running.pool)
-        async with asyncio.timeout(CATCH_UP_TIMEOUT_S):
-            for name in PROJECTIONS:
-                while True:
-                    info = await jetstream.consumer_info(running.stream, f"projection-{name}")
-                    assert info.config.ack_policy == AckPolicy.ALL
-                    if info.num_ack_pending == 0 and info.num_pending == 0:
-                        break
-                    await asyncio.sleep(0.05)
+        for name, policy in (("orders", AckPolicy.EXPLICIT), ("users", AckPolicy.ALL)):
+            earlier = ConsumerConfig(
+                durable_name=f"projection-{name}",
+                ack_policy=policy,
+                deliver_policy=DeliverPolicy.ALL,
+            )
+            await jetstream.add_consumer(running.stream, earlier)
     finally:
         await client.close()
+
+    running.start_worker(nats_url)
+    running.start_worker(nats_url, ["trades", "orders"])
+    await running.caught_up()
+    await Scenario(EventStore(running.pool), seed=62, tag="b").run(60)
+    await running.caught_up()
+    await assert_equal_to_the_fold(running.pool)
+    for durable in ("projection-all", "projection-set-orders-trades"):
+        await all_acked(running, nats_url, durable)
+    assert await durables(running, nats_url) == ["projection-all", "projection-set-orders-trades"]
+
+
+async def test_a_second_worker_of_the_same_selection_stands_by_and_takes_over(
+    running: Running, nats_url: str
+) -> None:
+    await Scenario(EventStore(running.pool), seed=81, tag="a").run(80)
+    first = running.start_worker(nats_url)
+    await running.caught_up()
+    second = running.start_worker(nats_url)
+    await asyncio.sleep(5 * running.options().standby_retry_s)
+    assert not second.task.done()  # Standing by: the durable is the first's.
+    async with running.pool.acquire() as connection:
+        leads = await connection.fetch(
+            "SELECT l.classid, count(*) FROM pg_locks l JOIN pg_database d ON d.oid = l.database "
+            "WHERE l.locktype = 'advisory' AND l.granted AND d.datname = current_database() "
+            "AND l.classid = ANY($1::oid[]) GROUP BY l.classid ORDER BY l.classid",
+            [WORKER_LOCK_CLASS, CONSUMER_LOCK_CLASS],
+        )
+    assert [(row[0], row[1]) for row in leads] == [
+        (WORKER_LOCK_CLASS, len(PROJECTIONS)),
+        (CONSUMER_LOCK_CLASS, 1),
+    ]
+
+    # The first stops while commands come in: the second takes the durable and every lead
+    # over, and nothing is lost or applied twice.
+    commands = asyncio.create_task(Scenario(EventStore(running.pool), seed=82, tag="b").run(80))
+    await asyncio.sleep(0.5)
+    assert await first.stopped() == []
+    await commands
+    await running.caught_up()
+    await assert_equal_to_the_fold(running.pool)
+    await all_acked(running, nats_url, "projection-all")
+    assert await durables(running, nats_url) == ["projection-all"]
+    assert not second.task.done()
+
+
+async def test_a_worker_cut_off_from_nats_catches_up_when_it_comes_back(
+    running: Running, nats_url: str
+) -> None:
+    proxy = TcpProxy(nats_url)
+    await proxy.start()
+    await Scenario(EventStore(running.pool), seed=91, tag="a").run(60)
+    worker = running.start_worker(proxy.url)
+    await running.caught_up()
+
+    await proxy.stop()  # The worker's NATS is gone; the relay's is not.
+    await Scenario(EventStore(running.pool), seed=92, tag="b").run(60)
+    await asyncio.sleep(5 * running.options().fetch_timeout_s)
+    await proxy.start()
+
+    await running.caught_up()
+    await assert_equal_to_the_fold(running.pool)
+    await all_acked(running, nats_url, "projection-all")
+    assert not worker.task.done()

@@ -24,10 +24,11 @@ from ledger import relay, tracing
 from ledger.sequencer import SequencedEvent
 from ledger.settings import Settings, SettingsError
 from ledger.store import RecordedEvent
-from projections import worker
+from projections import runner as runner_module
 from projections.base import LoggedEvent
 from projections.registry import PROJECTIONS
-from projections.worker import Runner, WorkerOptions
+from projections.runner import Runner
+from projections.worker import WorkerOptions
 
 VALID = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
 MALFORMED = [
@@ -288,12 +289,11 @@ def test_a_batch_of_several_traces_gets_an_apply_span_per_trace() -> None:
     runner = Runner(
         projection,
         None,  # type: ignore[arg-type]
-        None,  # type: ignore[arg-type]
         WorkerOptions(),
         provider.get_tracer("test"),
     )
     spans = runner._apply_spans([m for m, _ in batch], [e for _, e in batch])
-    worker._end_applied(spans, checkpoint=2)  # Parked at 3: trace A is not all applied.
+    runner_module._end_applied(spans, checkpoint=2)  # Parked at 3: trace A is not all applied.
 
     by_trace = {span.context.trace_id: span for span in exporter.get_finished_spans()}
     assert set(by_trace) == {0xA, 0xB}  # C is not this projection's; 4 and 6 have none.
