@@ -216,17 +216,21 @@ async def market(api: Api, nats_url: str, stream_prefix: str) -> AsyncIterator[M
         await pipeline.stop()
 
 
+PAGES_MAX = 300
+
+
 async def all_pages(market: Market, path: str, user: User, key: str, **params: Any) -> list[Any]:
-    """Every row of a list, following next_cursor (bounded)."""
+    """Every row of a list, following next_cursor (bounded: a list of at most 500 rows, the
+    shared database's, read by pages of 2 ends within 251 pages)."""
     rows: list[Any] = []
     cursor = None
-    for _ in range(100):
+    for _ in range(PAGES_MAX):
         page = await market.ok(path, user, **params, **({"cursor": cursor} if cursor else {}))
         rows.extend(page[key])
         cursor = page["next_cursor"]
         if cursor is None:
             return rows
-    raise AssertionError(f"{path} did not end within 100 pages")
+    raise AssertionError(f"{path} did not end within {PAGES_MAX} pages")
 
 
 # Happy paths ------------------------------------------------------------------------
