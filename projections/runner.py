@@ -123,7 +123,7 @@ class Runner:
         """Take the projection's lock if it is free and its time has come; catch up from the
         log on taking it. A no-op while leading or parked, or until the next try is due."""
         now_s = asyncio.get_running_loop().time()
-        if self._leading or self.parked is not None or now_s < self._next_try_s:
+        if not self.standing_by or now_s < self._next_try_s:
             return
         self._next_try_s = now_s + self.options.standby_retry_s
         try:
