@@ -18,6 +18,7 @@ import msgspec
 import nats
 import nats.js.errors
 import pytest
+from nats.aio.msg import Msg
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
 from ledger.store import EventStore
@@ -384,3 +385,35 @@ async def test_a_worker_cut_off_from_nats_catches_up_when_it_comes_back(
     await assert_equal_to_the_fold(running.pool)
     await all_acked(running, nats_url, "projection-all")
     assert not worker.task.done()
+
+
+async def test_a_worker_killed_between_its_commit_and_its_ack_applies_nothing_twice(
+    running: Running, nats_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The worker dies after a batch's transaction commits and before its ack leaves: the
+    next worker gets those messages again (unacked) and must skip them, not apply them
+    twice; the read models then still equal the fold of the log (balances would not)."""
+    await Scenario(EventStore(running.pool), seed=31, tag="k").run(150)
+    dead = asyncio.Event()
+    first: Worker | None = None
+
+    async def die_instead(message: Msg) -> None:
+        assert first is not None
+        dead.set()
+        first.task.cancel()  # As a kill: nothing after this line runs in the worker.
+        await asyncio.sleep(3600)
+
+    real_ack = Msg.ack
+    monkeypatch.setattr(Msg, "ack", die_instead)  # At the first batch's ack.
+    first = running.start_worker(nats_url)
+    await asyncio.wait_for(dead.wait(), timeout=CATCH_UP_TIMEOUT_S)
+    with contextlib.suppress(asyncio.CancelledError):
+        await asyncio.wait_for(first.task, timeout=30)
+    monkeypatch.setattr(Msg, "ack", real_ack)
+    committed = await running.pool.fetchval("SELECT max(sequence) FROM read.checkpoints")
+    assert committed > 0  # The batch before the missing ack was committed.
+
+    await Scenario(EventStore(running.pool), seed=32, tag="l").run(100)
+    running.start_worker(nats_url)
+    await running.caught_up()
+    await assert_equal_to_the_fold(running.pool)
