@@ -82,7 +82,9 @@ _LOG_SQL: Final = (
     "ORDER BY s.sequence LIMIT $2"
 )
 
-# A window of the log: sequences in ($1, $2].
+_HEAD_SQL: Final = "SELECT coalesce(max(sequence), 0) FROM ledger.sequence"
+
+# A window of the log: sequences in ($1, $2], filtered (also /events/live's source).
 _WINDOW_SQL: Final = (
     f"SELECT {_COLUMNS} FROM ledger.sequence s "
     "JOIN ledger.events e ON e.notification_id = s.position "
@@ -120,7 +122,7 @@ async def stream_events(
     )
     if not rows and after_version == 0:
         raise ApiProblem(404, "STREAM_NOT_FOUND", f"stream {stream_id} has no events")
-    events = [_event(row) for row in rows]
+    events = [event_out(row) for row in rows]
     next_cursor = _encode_cursor("v", events[-1].version) if len(events) == limit else None
     return EventPage(events=events, next_cursor=next_cursor)
 
@@ -200,7 +202,7 @@ async def log_events(
     rows = await pool.fetch(
         _LOG_SQL, after_sequence, limit, *filters.arguments(), timeout=STATEMENT_TIMEOUT_S
     )
-    events = [_event(row) for row in rows]
+    events = [event_out(row) for row in rows]
     last = events[-1].sequence if events else None
     next_cursor = _encode_cursor("s", last) if last is not None and len(events) == limit else None
     return EventPage(events=events, next_cursor=next_cursor)
@@ -247,10 +249,8 @@ async def export_events(
     until: Until = None,
 ) -> Stream:
     pool: asyncpg.Pool = request.app.state.pool
-    head: int = await pool.fetchval(
-        "SELECT coalesce(max(sequence), 0) FROM ledger.sequence", timeout=STATEMENT_TIMEOUT_S
-    )
-    bound = head if until is None else min(until, head)
+    last = await head(pool)
+    bound = last if until is None else min(until, last)
     return Stream(
         _export(pool, filters, after, bound),
         media_type=NDJSON,
@@ -266,19 +266,33 @@ async def _export(
     buffer = bytearray()
     while after < until:
         upper = min(after + EXPORT_WINDOW, until)
-        rows = await pool.fetch(
-            _WINDOW_SQL, after, upper, *filters.arguments(), timeout=STATEMENT_TIMEOUT_S
-        )
+        rows = await window(pool, after, upper, filters)
         if rows:
             buffer.clear()
             for row in rows:
-                encoder.encode_into(_event(row), buffer, -1)
+                encoder.encode_into(event_out(row), buffer, -1)
                 buffer.extend(b"\n")
             yield bytes(buffer)
         after = upper
 
 
-def _event(row: asyncpg.Record) -> EventOut:
+async def head(pool: asyncpg.Pool) -> int:
+    """The last sequence numbered so far (0 before the first)."""
+    last: int = await pool.fetchval(_HEAD_SQL, timeout=STATEMENT_TIMEOUT_S)
+    return last
+
+
+async def window(
+    pool: asyncpg.Pool, after: int, up_to: int, filters: LogFilters
+) -> list[asyncpg.Record]:
+    """The events of sequences (after, up_to] that pass the filters, in sequence order."""
+    rows: list[asyncpg.Record] = await pool.fetch(
+        _WINDOW_SQL, after, up_to, *filters.arguments(), timeout=STATEMENT_TIMEOUT_S
+    )
+    return rows
+
+
+def event_out(row: asyncpg.Record) -> EventOut:
     return EventOut(
         sequence=row["sequence"],
         position=row["position"],

@@ -3,8 +3,8 @@
 `GET /events/live` starts after a sequence (the `Last-Event-ID` header, which a
 reconnecting client sends by itself, else `after=`, else 0) and sends each event as an
 SSE message whose `id:` is its sequence and whose data is the event as `/events` shows it,
-narrowed by the same equality filters. A reconnect with the last id it saw resumes at the
-next event: nothing skipped, nothing twice.
+narrowed by the same filters (api/events.py's, read by the same windowed statement). A
+reconnect with the last id it saw resumes at the next event: nothing skipped, nothing twice.
 
 The source is `ledger.sequence` itself, polled (ADR 0011): when a poll finds the log's
 head past the stream's position, the stream reads the next window of at most
@@ -27,19 +27,25 @@ import time
 import weakref
 from collections.abc import AsyncIterator
 from typing import Annotated, Any, Final
-from uuid import UUID
 
 import asyncpg
 import msgspec
 from litestar import Litestar, Request, Router, get
 from litestar.datastructures import State
-from litestar.params import FromQuery, HeaderParameter, QueryParameter
+from litestar.di import NamedDependency, Provide
+from litestar.params import HeaderParameter, QueryParameter
 from litestar.response import ServerSentEvent, ServerSentEventMessage
 
 from api.errors import ApiProblem
-from api.events import AUDIT_ROLES
-from api.events import _event as event_out
-from api.schemas import NO_NUL_PATTERN
+from api.events import (
+    AUDIT_ROLES,
+    FILTERS_DESCRIPTION,
+    LogFilters,
+    event_out,
+    head,
+    log_filters,
+    window,
+)
 from api.security import Principal, access, principal_of
 
 STREAMS_MAX: Final = 64
@@ -48,36 +54,10 @@ POLL_WAIT_MIN_S: Final = 0.05
 POLL_WAIT_MAX_S: Final = 0.5
 HEARTBEAT_S: Final = 15.0
 RETRY_MS: Final = 1_000
-STATEMENT_TIMEOUT_S: Final = 10.0
 BUSY_RETRY_AFTER_S: Final = 5
 STATE_KEY: Final = "live_streams"
 
-_HEAD_SQL: Final = "SELECT coalesce(max(sequence), 0) FROM ledger.sequence"
-
-# The window (after, up_to] of sequences, filtered; NULL filters match everything.
-_WINDOW_SQL: Final = """
-SELECT s.sequence, e.notification_id AS position, e.event_id, e.originator_id AS stream_id,
-       e.stream_type, e.originator_version AS version, e.topic, e.schema_version,
-       e.recorded_at, e.actor, e.correlation_id, e.causation_id, e.state AS data,
-       e.prev_hash, e.hash
-FROM ledger.sequence s JOIN ledger.events e ON e.notification_id = s.position
-WHERE s.sequence > $1 AND s.sequence <= $2
-  AND ($3::uuid IS NULL OR e.originator_id = $3)
-  AND ($4::text IS NULL OR e.stream_type = $4)
-  AND ($5::text IS NULL OR e.topic = $5)
-  AND ($6::text IS NULL OR e.actor = $6)
-  AND ($7::uuid IS NULL OR e.correlation_id = $7)
-ORDER BY s.sequence"""
-
 _encoder = msgspec.json.Encoder()
-
-
-class Filters(msgspec.Struct, frozen=True, kw_only=True):
-    stream_id: UUID | None = None
-    stream_type: str | None = None
-    event_type: str | None = None
-    actor: str | None = None
-    correlation_id: UUID | None = None
 
 
 class LiveStreams:
@@ -153,7 +133,7 @@ async def follow(
     slot: _Slot,
     *,
     after: int,
-    filters: Filters,
+    filters: LogFilters,
     deadline: float,
 ) -> AsyncIterator[ServerSentEventMessage]:
     """The SSE messages of one live stream, from the sequence after `after` on."""
@@ -164,10 +144,10 @@ async def follow(
             if time.monotonic() >= deadline:
                 yield ServerSentEventMessage(comment="the access token expired; reconnect")
                 return
-            head = await pool.fetchval(_HEAD_SQL, timeout=STATEMENT_TIMEOUT_S)
-            if head > after:
-                up_to = min(head, after + WINDOW_SEQUENCES)
-                for row in await _window(pool, after, up_to, filters):
+            last = await head(pool)
+            if last > after:
+                up_to = min(last, after + WINDOW_SEQUENCES)
+                for row in await window(pool, after, up_to, filters):
                     data = _encoder.encode(event_out(row)).decode()
                     yield ServerSentEventMessage(data=data, id=row["sequence"])
                     quiet_since = time.monotonic()
@@ -183,23 +163,6 @@ async def follow(
         slot.release()
 
 
-async def _window(
-    pool: asyncpg.Pool, after: int, up_to: int, filters: Filters
-) -> list[asyncpg.Record]:
-    rows: list[asyncpg.Record] = await pool.fetch(
-        _WINDOW_SQL,
-        after,
-        up_to,
-        filters.stream_id,
-        filters.stream_type,
-        filters.event_type,
-        filters.actor,
-        filters.correlation_id,
-        timeout=STATEMENT_TIMEOUT_S,
-    )
-    return rows
-
-
 @get(
     "/events/live",
     **access(
@@ -208,41 +171,27 @@ async def _window(
         description="The global log in `sequence` order from the sequence after "
         "`Last-Event-ID` (or `after`, else from the start), then new events as the relay "
         "numbers them; each message's `id` is the event's sequence and its data the event as "
-        "`/events` shows it. Filters: stream_id, stream_type, type, actor, correlation_id. "
+        f"`/events` shows it. {FILTERS_DESCRIPTION} "
         "A comment every 15 s of silence; the stream ends when the access token expires or "
         "the server stops (reconnect with `Last-Event-ID`). 503 when the server has too "
         "many live streams open.",
         errors=(503,),
     ),
+    dependencies={"filters": Provide(log_filters)},
 )
 async def live_events(
     request: Request[Principal, Any, State],
+    filters: NamedDependency[LogFilters],
     last_event_id: Annotated[
         int | None, HeaderParameter(name="Last-Event-ID", ge=0, le=2**62, required=False)
     ] = None,
     after: Annotated[int, QueryParameter(ge=0, le=2**62)] = 0,
-    stream_id: FromQuery[UUID | None] = None,
-    stream_type: Annotated[
-        str | None, QueryParameter(max_length=64, pattern=NO_NUL_PATTERN)
-    ] = None,
-    event_type: Annotated[
-        str | None, QueryParameter(name="type", max_length=255, pattern=NO_NUL_PATTERN)
-    ] = None,
-    actor: Annotated[str | None, QueryParameter(max_length=255, pattern=NO_NUL_PATTERN)] = None,
-    correlation_id: FromQuery[UUID | None] = None,
 ) -> ServerSentEvent:
     principal = principal_of(request)
     streams = live_streams_of(request.app)
     slot = streams.claim()
     # Time left on the token, on this process's monotonic clock.
     deadline = time.monotonic() + max(principal.claims.exp - time.time(), 0.0)
-    filters = Filters(
-        stream_id=stream_id,
-        stream_type=stream_type,
-        event_type=event_type,
-        actor=actor,
-        correlation_id=correlation_id,
-    )
     messages = follow(
         request.app.state.pool,
         streams,
