@@ -51,6 +51,7 @@ from benchmarks.bench_append import Writers, store_append
 from benchmarks.common import (
     TICK_S,
     cpu_seconds_of,
+    database_of,
     database_server,
     median,
     report,
@@ -280,7 +281,7 @@ async def measure(
             f"{time.perf_counter() - started:.1f}s",
             flush=True,
         )
-        databases = [url.rsplit("/", 1)[1], bare_url.rsplit("/", 1)[1]]
+        databases = [database_of(url), database_of(bare_url)]
         figures = await rounds(market, port, processes, pool, bare_pool, databases, arguments)
     except Exception:
         for item in processes.started:

@@ -15,7 +15,7 @@ import concurrent.futures
 import time
 from collections.abc import Callable
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import parse_qs, urlsplit
 from uuid import UUID, uuid4
 
 import asyncpg
@@ -132,10 +132,12 @@ def bare_insert(pool: asyncpg.Pool, size: int) -> Callable[[UUID, int], Any]:
 
 def eventsourcing_recorder(database_url: str, writers: int) -> PostgresApplicationRecorder:
     parts = urlsplit(database_url)
+    # A Unix socket's folder and port come in the query (`?host=/folder&port=5432`).
+    query = parse_qs(parts.query)
     datastore = PostgresDatastore(
         dbname=parts.path.lstrip("/"),
-        host=parts.hostname or "127.0.0.1",
-        port=str(parts.port or 5432),
+        host=query.get("host", [parts.hostname or "127.0.0.1"])[0],
+        port=query.get("port", [str(parts.port or 5432)])[0],
         user=parts.username or "postgres",
         password=parts.password or "",
         pool_size=writers,

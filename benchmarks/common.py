@@ -44,6 +44,11 @@ def with_database(url: str, database: str) -> str:
     return urlunsplit(urlsplit(url)._replace(path=f"/{database}"))
 
 
+def database_of(url: str) -> str:
+    """The database a PostgreSQL URL names (a Unix socket's folder is in its query)."""
+    return urlsplit(url).path.lstrip("/")
+
+
 @contextlib.asynccontextmanager
 async def scratch_database(server_url: str) -> AsyncIterator[str]:
     """A fresh, migrated database of this run's own, dropped afterwards."""

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import msgspec
 
+from ledger import heap
 from ledger.logs import configure_logging
 from ledger.settings import Settings, SettingsError
 
@@ -156,6 +157,7 @@ def _run_until_signal(work: Callable[[asyncio.Event], Awaitable[object]]) -> obj
     """Run `work(stop)` until it returns; SIGINT or SIGTERM sets `stop` for a clean exit."""
 
     async def main() -> object:
+        heap.settle()
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for signum in (signal.SIGINT, signal.SIGTERM):

@@ -32,6 +32,7 @@ from opentelemetry.sdk.trace import TracerProvider
 
 from api.app import create_app
 from api.live import end_live_streams
+from ledger import heap
 from ledger.embedded import EmbeddedNats, EmbeddedPostgres, EmbeddedServer
 from ledger.migrate import migrate
 from ledger.settings import Settings
@@ -248,8 +249,10 @@ async def _serve_api(
     tracer: TracerProvider,
 ) -> None:
     """Serve until a signal or the death of a `watched` server; print `banner` once up."""
+    app = create_app(settings, tracer_provider=tracer)
+    app.on_startup.append(heap.settle)
     config = uvicorn.Config(
-        create_app(settings, tracer_provider=tracer),
+        app,
         host=settings.http_host,
         port=settings.http_port,
         loop="uvloop",

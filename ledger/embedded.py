@@ -34,6 +34,7 @@ from collections.abc import Callable
 from pathlib import Path
 from types import TracebackType
 from typing import Final, Self
+from urllib.parse import quote
 
 HOST: Final = "127.0.0.1"
 PG_SUPERUSER: Final = "postgres"
@@ -166,6 +167,16 @@ class EmbeddedPostgres(EmbeddedServer):
 
     @property
     def url(self) -> str:
+        """The server's Unix socket while it runs: each round trip costs the client and
+        the server less CPU than over TCP on 127.0.0.1 (ADR 0018); `tcp_url` is the other."""
+        assert self.port is not None, "start() first"
+        if self._socket_dir is None:
+            return self.tcp_url
+        host = quote(str(self._socket_dir), safe="/")
+        return f"postgresql://{PG_SUPERUSER}@/postgres?host={host}&port={self.port}"
+
+    @property
+    def tcp_url(self) -> str:
         assert self.port is not None, "start() first"
         return f"postgresql://{PG_SUPERUSER}@{HOST}:{self.port}/postgres"
 

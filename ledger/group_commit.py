@@ -74,6 +74,10 @@ ORDER BY i.ordinal
 RETURNING originator_id, originator_version, notification_id, tx, hash"""
 
 _COLUMNS: Final = 16
+# Where the event's hash is in a PendingAppend's row (the statement's columns less
+# `request`), and in a row the statement returns.
+_HASH: Final = 8
+_HASH_RETURNED: Final = 4
 
 
 class PendingAppend:
@@ -176,11 +180,12 @@ class GroupCommit:
                 for append in batch:
                     _fail(append, error)
                 raise
-            by_key: dict[tuple[UUID, int], list[asyncpg.Record]] = {}
-            for row in rows:
-                by_key.setdefault((row[0], row[1]), []).append(row)
+            # Each event's hash names it (sha-256 over its stream, version and body): a
+            # dict of bytes, not of asyncpg's UUIDs, whose hashing and comparison with
+            # the uuid module's showed in profiles.
+            by_hash: dict[bytes, asyncpg.Record] = {row[_HASH_RETURNED]: row for row in rows}
             for append in batch:
-                mine = [r for event in append.rows for r in by_key.get((event[0], event[2]), ())]
+                mine = [by_hash[row[_HASH]] for row in append.rows if row[_HASH] in by_hash]
                 _succeed(append, mine)
         finally:
             self._in_flight -= 1

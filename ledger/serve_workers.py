@@ -33,6 +33,7 @@ import uvicorn
 from litestar import Litestar
 from uvicorn.supervisors import Multiprocess
 
+from ledger import heap
 from ledger.logs import configure_logging
 from ledger.settings import Settings
 from ledger.tracing import tracer_provider
@@ -109,6 +110,7 @@ def worker_app(settings: Settings, supervisor_pid: int) -> Litestar:
     _die_with(supervisor_pid)
     provider = tracer_provider(settings, "api")
     app = create_app(settings, tracer_provider=provider)
+    app.on_startup.append(heap.settle)
     # Flushes the spans still buffered once the last request is done.
     app.on_shutdown.append(provider.shutdown)
     return app

@@ -23,6 +23,7 @@ import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import asyncpg
 import httpx
@@ -439,7 +440,7 @@ async def test_ready_names_postgres_when_it_refuses_connections(
     databases: Databases, nats_url: str
 ) -> None:
     database = await databases.create("ops_down")
-    name = database.rsplit("/", 1)[1]
+    name = urlsplit(database).path.lstrip("/")
     admin = await asyncpg.connect(databases.server_url)
     try:
         async with serving(app_settings(database, nats_url)) as client:

@@ -54,13 +54,19 @@ async def test_postgres_serves_then_stops_with_every_process_it_started(tmp_path
     server = EmbeddedPostgres(tmp_path / "pg")
     with server:
         assert server.pid is not None
-        assert server.url.startswith("postgresql://postgres@127.0.0.1:")
+        assert server.url.startswith("postgresql://postgres@/postgres?host=")
+        assert server.tcp_url.startswith("postgresql://postgres@127.0.0.1:")
         connection = await asyncpg.connect(server.url)
+        over_tcp = await asyncpg.connect(server.tcp_url)
         try:
             assert await connection.fetchval("SHOW server_encoding") == "UTF8"
+            # inet_server_addr(): null over a Unix socket, the address over TCP.
+            assert await connection.fetchval("SELECT inet_server_addr()") is None
+            assert str(await over_tcp.fetchval("SELECT inet_server_addr()")) == "127.0.0.1"
             pids = tree(server.pid)
         finally:
             await connection.close()
+            await over_tcp.close()
     assert len(pids) > 1  # The postmaster and its background workers.
     assert wait_gone(pids) == []
     assert server.pid is None
