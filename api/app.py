@@ -45,7 +45,7 @@ from api.request_id import echo_request_id
 from api.security import openapi_components
 from api.state import router as state_router
 from api.tokens import TokenIssuer
-from api.tracing import name_server_span, opentelemetry_plugin
+from api.tracing import http_tracing, name_server_span
 from commands.bootstrap import bootstrap
 from ledger.settings import Settings
 
@@ -82,6 +82,7 @@ def create_app(settings: Settings, *, tracer_provider: TracerProvider | None = N
         raise ValueError("create_app needs settings with jwt_secret (LEDGER_JWT_SECRET)")
     database_url, nats_url = settings.database_url, settings.nats_url
     tokens = TokenIssuer(settings.jwt_secret)
+    tracing = http_tracing(tracer_provider)
 
     @asynccontextmanager
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
@@ -141,10 +142,11 @@ def create_app(settings: Settings, *, tracer_provider: TracerProvider | None = N
             components=openapi_components(),
             tags=list(OPENAPI_TAGS),
         ),
-        plugins=[problem_details_plugin(), opentelemetry_plugin(tracer_provider)],
+        plugins=[problem_details_plugin(), *tracing.plugins],
         exception_handlers={Exception: internal_error},
-        # Ops, outermost first: timing and log context, HTTP metrics, then the limits.
-        middleware=[timed, http_metrics().middleware, *rate_limits(settings)],
+        # Ops, outermost first: the caller's trace context when no span is recorded (else
+        # the plugin's), timing and log context, HTTP metrics, then the limits.
+        middleware=[*tracing.middleware, timed, http_metrics().middleware, *rate_limits(settings)],
         before_send=[echo_request_id, log_request, name_server_span],
         request_max_body_size=REQUEST_BODY_BYTES_MAX,
         # Logging is the process's (ledger.logs, set up by the CLI): Litestar's default

@@ -5,7 +5,7 @@ container objects and, every hundred of those, a full one over every object the 
 holds: the modules, the app, the pools, the stream cache. An API worker placing orders
 allocates thousands of objects per request, nearly all freed by reference counting as
 the request ends; the collections find next to nothing, yet cost 7 to 10 % of the
-worker's CPU (measured in docs/adr/0016-garbage-collector.md).
+worker's CPU (measured in docs/adr/0018-api-cpu-per-request.md).
 
 `settle()`, called once a process has built what it keeps for its lifetime, collects
 once and freezes the survivors (`gc.freeze`): the collector never looks at them again.

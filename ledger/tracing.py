@@ -78,6 +78,13 @@ def tracer_provider(
     return provider
 
 
+def records(provider: TracerProvider | trace.TracerProvider | None) -> bool:
+    """Whether `provider` may record a span: false only for one whose sampler is
+    always_off (what `tracer_provider` makes when nothing would see a span). Any other
+    provider, None (the global one) included, is taken to record."""
+    return getattr(provider, "sampler", None) is not ALWAYS_OFF
+
+
 def otlp_exporter(settings: Settings, environ: Mapping[str, str]) -> SpanExporter | None:
     """The OTLP/HTTP exporter the settings or the standard variables ask for, if any."""
     if settings.otlp_endpoint is not None:

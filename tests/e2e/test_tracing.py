@@ -28,6 +28,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from opentelemetry.trace import SpanKind
 
 from api.app import create_app
+from api.tracing import carry_trace_context, http_tracing
 from api.users_admin import create_user
 from commands import accounts
 from commands.bootstrap import bootstrap
@@ -37,6 +38,7 @@ from ledger.domain.user import Role
 from ledger.relay import Relay, RelayOptions
 from ledger.settings import Settings
 from ledger.store import EventStore, NewEvent
+from ledger.tracing import context_of_traceparent, records, span_context_of, tracer_provider
 from projections.worker import WorkerOptions, run_projections
 from tests.conftest import Databases
 from tests.e2e.conftest import JWT_SECRET, PASSWORD
@@ -359,3 +361,57 @@ async def test_a_malformed_stored_trace_context_is_ignored_not_an_error(traced: 
     assert "traceparent" not in headers
     failing = await traced.pool.fetchval("SELECT count(*) FROM read.checkpoints WHERE failing")
     assert failing == 0
+
+
+async def test_a_provider_that_records_nothing_still_carries_the_callers_trace_to_the_events(
+    databases: Databases, nats_url: str
+) -> None:
+    # `ledger serve` with no exporter and no sampler: no HTTP span, only the caller's context.
+    url = await databases.create("tracing_off")
+    settings = Settings(database_url=url, nats_url=nats_url, jwt_secret=JWT_SECRET)
+    provider = tracer_provider(settings, "api", environ={})
+    assert not records(provider)
+    tracing = http_tracing(provider)
+    assert (tracing.plugins, tracing.middleware) == ([], [carry_trace_context])
+    pool = await asyncpg.create_pool(url, min_size=1, max_size=2)
+    try:
+        async with AsyncTestClient(app=create_app(settings, tracer_provider=provider)) as http:
+            email = f"admin-{secrets.token_hex(6)}@e.com"
+            await create_user(url, email, PASSWORD, Role.ADMIN)
+            signed_in = await http.post(
+                "/api/v1/auth/token", json={"email": email, "password": PASSWORD}
+            )
+            assert signed_in.status_code == 200, signed_in.text
+            admin = {"Authorization": f"Bearer {signed_in.json()['access_token']}"}
+
+            async def stored_context(headers: dict[str, str]) -> str:
+                email = f"t-{secrets.token_hex(6)}@e.com"
+                user_id = await create_user(url, email, PASSWORD, "trader")
+                response = await http.post(
+                    "/api/v1/accounts",
+                    json={"user_id": str(user_id), "currency": "USD"},
+                    headers={**admin, **headers},
+                )
+                assert response.status_code == 201, response.text
+                stored = await pool.fetchval(
+                    "SELECT trace_context FROM ledger.events WHERE originator_id = $1",
+                    account_stream_id(user_id, "USD"),
+                )
+                assert isinstance(stored, str)
+                return stored
+
+            caller_trace = uuid4().hex
+            traceparent = f"00-{caller_trace}-{secrets.token_hex(8)}-01"
+            state = "vendor=opaque"
+            carried = await stored_context({"traceparent": traceparent, "tracestate": state})
+            assert carried.startswith(f"00-{caller_trace}-")
+            # Without a caller's context (or with a malformed one) the command starts one.
+            for headers in ({}, {"traceparent": "00-garbage-01"}):
+                started = await stored_context(headers)
+                assert caller_trace not in started
+                context = context_of_traceparent(started)
+                assert context is not None
+                assert span_context_of(context).is_valid
+    finally:
+        await pool.close()
+        provider.shutdown()
