@@ -7,7 +7,7 @@ each other's state. `Api` wraps the client with the few helpers every test needs
 from __future__ import annotations
 
 import secrets
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
 import pytest
@@ -35,6 +35,7 @@ class Api:
     def __init__(self, client: AsyncTestClient[Any], settings: Settings) -> None:
         self.client = client
         self.settings = settings
+        self._admin: User | None = None
 
     @staticmethod
     def new_email(label: str = "user") -> str:
@@ -57,6 +58,38 @@ class Api:
             )
         tokens = await self.sign_in(email)
         return User(user_id, email, role, tokens["access_token"], tokens["refresh_token"])
+
+    async def admin(self) -> User:
+        """One admin for the helpers below (signed in once)."""
+        if self._admin is None:
+            self._admin = await self.user(Role.ADMIN)
+        return self._admin
+
+    async def account_with_deposits(self, deposits: int | Sequence[str]) -> tuple[User, str]:
+        """A new trader and its USD account, opened by an admin, after deposits of
+        `deposits` (the amounts, or a count: 1.00, 2.00, ...)."""
+        amounts = (
+            [f"{number + 1}.00" for number in range(deposits)]
+            if isinstance(deposits, int)
+            else list(deposits)
+        )
+        admin = await self.admin()
+        trader = await self.user(Role.TRADER)
+        opened = await self.client.post(
+            "/api/v1/accounts",
+            json={"user_id": trader.user_id, "currency": "USD"},
+            headers=admin.headers,
+        )
+        assert opened.status_code == 201, opened.text
+        account_id: str = opened.json()["account_id"]
+        for amount in amounts:
+            deposited = await self.client.post(
+                f"/api/v1/accounts/{account_id}/deposits",
+                json={"amount": amount},
+                headers=admin.headers,
+            )
+            assert deposited.status_code == 201, deposited.text
+        return trader, account_id
 
     async def sign_in(self, email: str, password: str = PASSWORD) -> dict[str, Any]:
         response = await self.client.post(

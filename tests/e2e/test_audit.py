@@ -18,7 +18,7 @@ from api.app import create_app
 from ledger.domain.user import Role
 from ledger.settings import Settings
 from tests.conftest import Databases
-from tests.e2e.conftest import JWT_SECRET, PASSWORD, Api, User, assert_problem
+from tests.e2e.conftest import JWT_SECRET, Api, User, assert_problem
 from tests.sequencing import sequence_all
 
 VERIFY = "/api/v1/audit/verify"
@@ -59,26 +59,7 @@ async def user_of(api: Api, role: Role) -> User:
 
 
 async def account_with_deposits(api: Api, deposits: int) -> str:
-    admin = await user_of(api, Role.ADMIN)
-    # An owner of its own (one account per user and currency), who never signs in.
-    registered = await api.client.post(
-        "/api/v1/auth/register", json={"email": api.new_email("owner"), "password": PASSWORD}
-    )
-    assert registered.status_code == 201, registered.text
-    opened = await api.client.post(
-        "/api/v1/accounts",
-        json={"user_id": registered.json()["user_id"], "currency": "USD"},
-        headers=admin.headers,
-    )
-    assert opened.status_code == 201, opened.text
-    account_id: str = opened.json()["account_id"]
-    for number in range(deposits):
-        response = await api.client.post(
-            f"/api/v1/accounts/{account_id}/deposits",
-            json={"amount": f"{number + 1}.00"},
-            headers=admin.headers,
-        )
-        assert response.status_code == 201, response.text
+    _, account_id = await api.account_with_deposits(deposits)
     return account_id
 
 

@@ -34,28 +34,9 @@ async def _sequence_all(database_url: str) -> None:
         await connection.close()
 
 
-async def _account_with_deposits(api: Api, deposits: int) -> tuple[User, str]:
-    admin = await api.user(Role.ADMIN)
-    trader = await api.user(Role.TRADER)
-    opened = await api.client.post(
-        "/api/v1/accounts",
-        json={"user_id": trader.user_id, "currency": "USD"},
-        headers=admin.headers,
-    )
-    account_id: str = opened.json()["account_id"]
-    for number in range(deposits):
-        response = await api.client.post(
-            f"/api/v1/accounts/{account_id}/deposits",
-            json={"amount": f"{number + 1}.00"},
-            headers=admin.headers,
-        )
-        assert response.status_code == 201
-    return trader, account_id
-
-
 @pytest.mark.parametrize("role", AUDIT_ROLES)
 async def test_a_stream_read_page_by_page(api: Api, role: Role) -> None:
-    _, account_id = await _account_with_deposits(api, 4)
+    _, account_id = await api.account_with_deposits(4)
     reader = await api.user(role)
     seen: list[dict[str, Any]] = []
     cursor: str | None = None
@@ -110,7 +91,7 @@ async def test_the_log_needs_a_token(api: Api) -> None:
 
 @pytest.mark.parametrize("role", AUDIT_ROLES)
 async def test_the_global_log_is_followed_by_sequence_without_gaps(api: Api, role: Role) -> None:
-    _, account_id = await _account_with_deposits(api, 3)
+    _, account_id = await api.account_with_deposits(3)
     reader = await api.user(role)
     assert api.settings.database_url is not None
     await _sequence_all(api.settings.database_url)
@@ -205,7 +186,7 @@ async def _paged(api: Api, reader: User) -> list[dict[str, Any]]:
 async def test_an_export_is_the_log_up_to_its_until_line_by_line(
     api: Api, role: Role, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    await _account_with_deposits(api, 3)
+    await api.account_with_deposits(3)
     reader = await api.user(role)
     assert api.settings.database_url is not None
     await _sequence_all(api.settings.database_url)
@@ -221,7 +202,7 @@ async def test_an_export_is_the_log_up_to_its_until_line_by_line(
 
 
 async def test_an_export_takes_a_range_and_filters(api: Api) -> None:
-    _, account_id = await _account_with_deposits(api, 4)
+    _, account_id = await api.account_with_deposits(4)
     auditor = await api.user(Role.AUDITOR)
     assert api.settings.database_url is not None
     await _sequence_all(api.settings.database_url)

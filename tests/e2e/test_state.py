@@ -14,22 +14,7 @@ AUDIT_ROLES = [Role.AUDITOR, Role.ANALYST]
 
 
 async def account_with_deposits(api: Api, amounts: list[str]) -> str:
-    admin = await api.user(Role.ADMIN)
-    trader = await api.user(Role.TRADER)
-    opened = await api.client.post(
-        "/api/v1/accounts",
-        json={"user_id": trader.user_id, "currency": "USD"},
-        headers=admin.headers,
-    )
-    assert opened.status_code == 201, opened.text
-    account_id: str = opened.json()["account_id"]
-    for amount in amounts:
-        deposited = await api.client.post(
-            f"/api/v1/accounts/{account_id}/deposits",
-            json={"amount": amount},
-            headers=admin.headers,
-        )
-        assert deposited.status_code == 201, deposited.text
+    _, account_id = await api.account_with_deposits(amounts)
     return account_id
 
 
