@@ -168,7 +168,8 @@ class EmbeddedPostgres(EmbeddedServer):
     @property
     def url(self) -> str:
         """The server's Unix socket while it runs: each round trip costs the client and
-        the server less CPU than over TCP on 127.0.0.1 (docs/adr/0018-api-cpu-per-request.md); `tcp_url` is the other."""
+        the server less CPU than over TCP on 127.0.0.1 (docs/adr/0018-api-cpu-per-request.md).
+        `tcp_url` is the other way in."""
         assert self.port is not None, "start() first"
         if self._socket_dir is None:
             return self.tcp_url
