@@ -15,16 +15,16 @@ import concurrent.futures
 import time
 from collections.abc import Callable
 from typing import Any
-from urllib.parse import parse_qs, urlsplit
 from uuid import UUID, uuid4
 
 import asyncpg
 import msgspec
 import uvloop
 from eventsourcing.persistence import StoredEvent
-from eventsourcing.postgres import PostgresApplicationRecorder, PostgresDatastore
+from eventsourcing.postgres import PostgresApplicationRecorder
 
 from benchmarks.common import CpuMeter, database_server, median, report, scratch_database
+from ledger.compat import eventsourcing_datastore
 from ledger.store import NEW_STREAM, EventStore, NewEvent, StreamHead, encode
 
 
@@ -131,18 +131,8 @@ def bare_insert(pool: asyncpg.Pool, size: int) -> Callable[[UUID, int], Any]:
 
 
 def eventsourcing_recorder(database_url: str, writers: int) -> PostgresApplicationRecorder:
-    parts = urlsplit(database_url)
-    # A Unix socket's folder and port come in the query (`?host=/folder&port=5432`).
-    query = parse_qs(parts.query)
-    datastore = PostgresDatastore(
-        dbname=parts.path.lstrip("/"),
-        host=query.get("host", [parts.hostname or "127.0.0.1"])[0],
-        port=query.get("port", [str(parts.port or 5432)])[0],
-        user=parts.username or "postgres",
-        password=parts.password or "",
-        pool_size=writers,
-        max_overflow=0,
-        schema="public",
+    datastore = eventsourcing_datastore(
+        database_url, schema="public", pool_size=writers, max_overflow=0
     )
     recorder = PostgresApplicationRecorder(datastore, events_table_name="es_events")
     recorder.create_table()

@@ -2,24 +2,11 @@
 
 from __future__ import annotations
 
-from urllib.parse import urlsplit
+from eventsourcing.postgres import PostgresApplicationRecorder
 
-from eventsourcing.postgres import PostgresApplicationRecorder, PostgresDatastore
-
+from ledger.compat import eventsourcing_datastore
 from ledger.store import EventStore
 from tests.integration.events import new_stream, noted
-
-
-def datastore_for(database_url: str) -> PostgresDatastore:
-    parts = urlsplit(database_url)
-    return PostgresDatastore(
-        dbname=parts.path.lstrip("/"),
-        host=parts.hostname or "127.0.0.1",
-        port=str(parts.port or 5432),
-        user=parts.username or "postgres",
-        password=parts.password or "",
-        schema="ledger",
-    )
 
 
 async def test_postgres_application_recorder_reads_the_same_events(
@@ -28,7 +15,7 @@ async def test_postgres_application_recorder_reads_the_same_events(
     stream = new_stream()
     await store.append([noted(stream, n) for n in range(3)], {stream: 0})
     ours = await store.read_stream(stream)
-    with datastore_for(database_url) as datastore:
+    with eventsourcing_datastore(database_url) as datastore:
         recorder = PostgresApplicationRecorder(datastore, events_table_name="events")
         theirs = recorder.select_events(stream)
         assert [(e.originator_id, e.originator_version, e.topic, e.state) for e in theirs] == [
