@@ -158,15 +158,44 @@ class Runner:
         with contextlib.suppress(*TRANSIENT, asyncpg.PostgresError):
             await self.pool.release(connection, timeout=2.0)
 
-    async def handle(self, messages: Sequence[Msg], events: Sequence[LoggedEvent]) -> int | None:
-        """Apply a batch (events[i] decoded from messages[i]) if leading; the checkpoint
-        reached, or None when the batch is not this runner's to hold back: standing by,
-        parked on it, or the lead lost to a connection error (a later lead catches up)."""
+    def start_spans(
+        self, messages: Sequence[Msg], events: Sequence[LoggedEvent], projections: int
+    ) -> list[tuple[Span, int]]:
+        """The batch's apply spans (see _apply_spans), before it is applied together with
+        `projections - 1` others in one transaction (projections/together.py)."""
+        spans = self._apply_spans(messages, events)
+        for span, _ in spans:
+            span.set_attribute("ledger.batch.projections", projections)
+        return spans
+
+    def applied(self, spans: Sequence[tuple[Span, int]], checkpoint: int) -> int:
+        """The batch was applied (together with others) up to `checkpoint`: its spans end."""
+        assert self.leading, self.name
+        _end_applied(spans, checkpoint)
+        self._failures = 0
+        return checkpoint
+
+    def failed_together(self, spans: Sequence[tuple[Span, int]], error: BaseException) -> None:
+        """The batch's transaction with others failed and is not tried again here."""
+        _end_failed(spans, error)
+
+    async def handle(
+        self,
+        messages: Sequence[Msg],
+        events: Sequence[LoggedEvent],
+        spans: list[tuple[Span, int]] | None = None,
+    ) -> int | None:
+        """Apply a batch (events[i] decoded from messages[i]) if leading, in transactions of
+        its own; the checkpoint reached, or None when the batch is not this runner's to hold
+        back: standing by, parked on it, or the lead lost to a connection error (a later
+        lead catches up). `spans`: those start_spans gave, when the batch failed together."""
         if not self.leading:
+            if spans:
+                _end_failed(spans, RuntimeError(f"{self.name} no longer leads"))
             return None
         connection = self._connection
         assert connection is not None
-        spans = self._apply_spans(messages, events)
+        spans = self._apply_spans(messages, events) if spans is None else spans
         try:
             checkpoint = await self._apply_isolating(connection, list(events))
         except TRANSIENT as error:

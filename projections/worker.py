@@ -56,6 +56,7 @@ from projections.base import STATEMENT_TIMEOUT_S, LoggedEvent, Projection
 from projections.engine import skip_unhandled
 from projections.registry import NAMES, select
 from projections.runner import FAILURES_COUNTED_MAX, TRANSIENT, Parked, Runner
+from projections.together import apply_together
 
 CONSUMER_LOCK_CLASS: Final = 0x1ED6E9
 
@@ -321,16 +322,62 @@ class Consumer:
         batch = [message for message, _ in readable], [event for _, event in readable]
         # A batch of unreadable bodies alone is nobody's to apply, so acked whole.
         leading = [runner for runner in self.runners if runner.leading] if readable else []
-        skipped = await skip_unhandled(
-            connection, [runner.projection for runner in leading], batch[1]
-        )
+        topics = {event.topic for event in batch[1]}
+        if any(not runner.projection.topics.isdisjoint(topics) for runner in leading):
+            skipped = {}  # Moved in the transaction that applies the others' rows.
+        else:
+            skipped = await skip_unhandled(
+                connection, [runner.projection for runner in leading], batch[1]
+            )
         applying = [runner for runner in leading if runner.projection.name not in skipped]
-        reached = await asyncio.gather(*(runner.handle(*batch) for runner in applying))
+        reached = await self._apply(connection, applying, *batch)
         checkpoints = [applied.after for applied in skipped.values()]
         checkpoints += [checkpoint for checkpoint in reached if checkpoint is not None]
         last = _last_applied(decoded, min(checkpoints, default=None))
         if last is not None:
             await last.ack()  # AckPolicy.ALL: and every message delivered before it
+
+    async def _apply(
+        self,
+        connection: asyncpg.Connection,
+        runners: Sequence[Runner],
+        messages: Sequence[Msg],
+        events: Sequence[LoggedEvent],
+    ) -> list[int | None]:
+        """Apply the batch for `runners` in one transaction on the consumer's connection
+        (projections/together.py); if that fails, projection by projection, each runner in
+        transactions of its own, where gaps are filled and poison events parked. What each
+        reached, as Runner.handle says. A lost connection is run()'s to retry (the
+        runners stand down with it, and catch up from the log when they lead again)."""
+        if not runners:
+            return []
+        spans = [runner.start_spans(messages, events, len(runners)) for runner in runners]
+        try:
+            applied = await apply_together(
+                connection, [runner.projection for runner in runners], events
+            )
+        except Exception as error:
+            if connection.is_closed() or isinstance(error, asyncpg.PostgresConnectionError):
+                for runner, started in zip(runners, spans, strict=True):
+                    runner.failed_together(started, error)
+                raise
+            log.warning(
+                "%s: batch failed in one transaction (%r); applying projection by projection",
+                self.durable,
+                error,
+            )
+            return list(
+                await asyncio.gather(
+                    *(
+                        runner.handle(messages, events, started)
+                        for runner, started in zip(runners, spans, strict=True)
+                    )
+                )
+            )
+        return [
+            runner.applied(started, applied[runner.projection.name].after)
+            for runner, started in zip(runners, spans, strict=True)
+        ]
 
 
 def _decoded(message: Msg) -> LoggedEvent | None:
