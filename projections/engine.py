@@ -15,7 +15,9 @@ smaller one runs one statement per event. A batch holding no event the projectio
 checks the same things (`_skip`; `skip_unhandled` does it for several projections at
 once, since a worker process's batch is shared by all it leads). With `announce` (the
 worker), the new checkpoint is sent by the statement that moves it, at the commit
-(projections.notify.announcing).
+(projections.notify.announcing). The worker applies a batch to all the projections it
+leads in one transaction (projections/together.py), each projection's rows written by
+`apply_rows`, as here.
 """
 
 from __future__ import annotations
@@ -169,8 +171,8 @@ async def apply_rows(
 ) -> tuple[int, int]:
     """Write the rows of the `ordered` events past `checkpoint`, in the caller's transaction
     (which locked the checkpoint row and moves it): the last sequence reached and how many
-    events the projection handled. SequenceGapError, before any row is written, when the
-    first event past the checkpoint is not the next one."""
+    events the projection handled. SequenceGapError, before any row is written, when an
+    event past the checkpoint does not follow the one before it."""
     topics = projection.topics
     last, handled = checkpoint, []
     for logged in ordered:

@@ -10,9 +10,12 @@ applies what the log holds past its checkpoint: the consumer's durable went past
 events while another process led the projection, or while it was parked, and is not
 going back for them.
 
-Each batch is applied with apply_batch (rows and checkpoint in one transaction); events at
-or below the checkpoint are skipped, and a batch that starts past checkpoint + 1 is
-preceded by the missing events read from the log itself.
+The consumer applies a batch for all its leading runners in one transaction
+(projections/together.py; ADR 0015's addendum) and tells each runner what it reached
+(`applied`). When that transaction fails, each runner applies the batch on its own
+(`handle`) with apply_batch (rows and checkpoint in one transaction); events at or below
+the checkpoint are skipped, and a batch that starts past checkpoint + 1 is preceded by
+the missing events read from the log itself.
 
 Failures: a connection or timeout error gives up the lead (and the connection); the
 runner tries again after a capped backoff and catches up from the log. Any other error is
@@ -23,13 +26,16 @@ gives up its lead for good in this process (the others go on). Nothing is skippe
 next runner to lead it (a restart) starts from the checkpoint, tries the parked event
 again, and clears the failing flag once it applies.
 
-Tracing: a batch is one transaction per projection, but may hold events of many traces
-(one per command that appended them). For each trace among the events this projection
-handles, the batch gets a span `apply <projection>`: a child of the message's
-`traceparent` (the relay's publish span), with links to that trace's other messages in
-the batch; a batch of n traces has n such spans over the same transaction
-(`ledger.batch.traces` says so). Messages without a valid traceparent, and events caught
-up from the log, get no span. See docs/adr/0009-tracing.md.
+Tracing: a batch is one transaction for all the process's leading projections, but may
+hold events of many traces (one per command that appended them). For each trace among
+the events this projection handles, the batch gets a span `apply <projection>`: a child
+of the message's `traceparent` (the relay's publish span), with links to that trace's
+other messages in the batch; a batch of n traces has n such spans over the same
+transaction (`ledger.batch.traces` says so, and `ledger.batch.projections` how many
+projections shared it). Each ends when its projection's rows are committed (or not: then
+with an error status, and `ledger.checkpoint` says how far it got). Messages without a
+valid traceparent, and events caught up from the log, get no span. See
+docs/adr/0009-tracing.md.
 """
 
 from __future__ import annotations

@@ -5,13 +5,18 @@ The process binds one durable on the relay's stream (every subject, so sequences
 gapless), named from consumer_prefix and the projections selected (`projection-all` for
 `ledger project all`, so it is the same across restarts), and loops: fetch a bounded batch,
 decode each message once, hand the batch to the runner of each projection it selected
-(projections/runner.py), wait for them, then ack with one ack (AckPolicy.ALL: the last
-message applied acknowledges every one before it). Each event is thus fetched, decoded
-and acked once per process, not once per projection: with a consumer per projection, the
-worker spent most of its CPU on nine fetches, decodes and acks of each event (ADR 0015).
+(projections/runner.py), then ack with one ack (AckPolicy.ALL: the last message applied
+acknowledges every one before it). Each event is thus fetched, decoded and acked once per
+process, not once per projection: with a consumer per projection, the worker spent most
+of its CPU on nine fetches, decodes and acks of each event (ADR 0015).
 
-Before the runners get a batch, the checkpoints of the leading projections that handle
-none of its events are moved past it in one statement (engine.skip_unhandled).
+A batch that some leading projection handles is applied for all of them in one
+transaction on the consumer's connection (projections/together.py): one BEGIN and
+COMMIT, every checkpoint locked and moved in one statement each. If that transaction
+fails (a gap, a poison event, a timeout), nothing of it stays, and each leading runner
+applies the batch in transactions of its own, as before: gaps filled from the log, a
+poison event parking only its projection. A batch none of them handles only moves their
+checkpoints, in one statement (engine.skip_unhandled).
 
 Two locks, both PostgreSQL advisory locks on connections of their own:
 - the durable's: one process consumes it at a time; another process with the same
@@ -313,10 +318,10 @@ class Consumer:
         return min(healthy or [sequence for sequence, _ in checkpoints])
 
     async def _handle(self, connection: asyncpg.Connection, messages: Sequence[Msg]) -> None:
-        """Hand a fetched batch to the leading runners, then ack what all of them applied.
+        """Apply a fetched batch for the leading runners, then ack what all of them applied.
 
-        The checkpoints of those that handle none of it are moved first, all in one
-        statement (at low rates, most projections handle none of most batches)."""
+        A batch none of them handles only moves their checkpoints, in one statement (a
+        process leading a few projections, say users, sees most batches go by so)."""
         decoded = [(message, _decoded(message)) for message in messages]
         readable = [(message, event) for message, event in decoded if event is not None]
         batch = [message for message, _ in readable], [event for _, event in readable]
