@@ -164,6 +164,15 @@ class Runner:
         with contextlib.suppress(*TRANSIENT, asyncpg.PostgresError):
             await self.pool.release(connection, timeout=2.0)
 
+    async def confirm_lead(self) -> bool:
+        """Whether it leads, noticing a lock connection that closed meanwhile (it sits idle
+        while the consumer's connection applies the batches): then as after any lost
+        connection, the lead is given up and tried again after a backoff."""
+        connection = self._connection
+        if self.leading and connection is not None and connection.is_closed():
+            await self._failed(asyncpg.ConnectionDoesNotExistError("the lock's connection closed"))
+        return self.leading
+
     def start_spans(
         self, messages: Sequence[Msg], events: Sequence[LoggedEvent], projections: int
     ) -> list[tuple[Span, int]]:

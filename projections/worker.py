@@ -326,7 +326,8 @@ class Consumer:
         readable = [(message, event) for message, event in decoded if event is not None]
         batch = [message for message, _ in readable], [event for _, event in readable]
         # A batch of unreadable bodies alone is nobody's to apply, so acked whole.
-        leading = [runner for runner in self.runners if runner.leading] if readable else []
+        leading = [runner for runner in self.runners if await runner.confirm_lead()]
+        leading = leading if readable else []
         topics = {event.topic for event in batch[1]}
         if any(not runner.projection.topics.isdisjoint(topics) for runner in leading):
             skipped = {}  # Moved in the transaction that applies the others' rows.
