@@ -59,6 +59,7 @@ from ledger import tracing
 from projections import source
 from projections.base import STATEMENT_TIMEOUT_S, LoggedEvent, Projection
 from projections.engine import Applied, SequenceGapError, apply_batch, read_checkpoint
+from projections.together import closed
 
 if TYPE_CHECKING:
     from projections.worker import WorkerOptions
@@ -169,7 +170,7 @@ class Runner:
         while the consumer's connection applies the batches): then as after any lost
         connection, the lead is given up and tried again after a backoff."""
         connection = self._connection
-        if self.leading and connection is not None and connection.is_closed():
+        if self.leading and connection is not None and closed(connection):
             await self._failed(asyncpg.ConnectionDoesNotExistError("the lock's connection closed"))
         return self.leading
 

@@ -93,6 +93,15 @@ async def apply_together(
     return applied
 
 
+def closed(connection: asyncpg.Connection) -> bool:
+    """Whether the connection is gone: closed, or (a pool's) detached from its proxy by
+    the pool once the server ended it, which makes every call on it raise."""
+    try:
+        return connection.is_closed()
+    except asyncpg.InterfaceError:
+        return True
+
+
 @contextlib.asynccontextmanager
 async def _transaction(connection: asyncpg.Connection) -> AsyncIterator[None]:
     """BEGIN with the SET LOCALs in one round trip; COMMIT, or ROLLBACK on any error. A
@@ -107,6 +116,6 @@ async def _transaction(connection: asyncpg.Connection) -> AsyncIterator[None]:
         # After a failed COMMIT the transaction is over already; ROLLBACK only warns.
         with contextlib.suppress(Exception):
             await connection.execute("ROLLBACK", timeout=STATEMENT_TIMEOUT_S)
-        if not connection.is_closed() and connection.is_in_transaction():
+        if not closed(connection) and connection.is_in_transaction():
             connection.terminate()
         raise

@@ -61,7 +61,7 @@ from projections.base import STATEMENT_TIMEOUT_S, LoggedEvent, Projection
 from projections.engine import skip_unhandled
 from projections.registry import NAMES, select
 from projections.runner import FAILURES_COUNTED_MAX, TRANSIENT, Parked, Runner
-from projections.together import apply_together
+from projections.together import apply_together, closed
 
 CONSUMER_LOCK_CLASS: Final = 0x1ED6E9
 
@@ -363,7 +363,7 @@ class Consumer:
                 connection, [runner.projection for runner in runners], events
             )
         except Exception as error:
-            if connection.is_closed() or isinstance(error, asyncpg.PostgresConnectionError):
+            if closed(connection) or isinstance(error, asyncpg.PostgresConnectionError):
                 for runner, started in zip(runners, spans, strict=True):
                     runner.failed_together(started, error)
                 raise
