@@ -380,6 +380,10 @@ class Consumer:
                     )
                 )
             )
+        except BaseException as error:  # Cancelled (stopping): rolled back, spans ended.
+            for runner, started in zip(runners, spans, strict=True):
+                runner.failed_together(started, error)
+            raise
         return [
             runner.applied(started, applied[runner.projection.name].after)
             for runner, started in zip(runners, spans, strict=True)
