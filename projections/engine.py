@@ -15,7 +15,9 @@ smaller one runs one statement per event. A batch holding no event the projectio
 checks the same things (`_skip`; `skip_unhandled` does it for several projections at
 once, since a worker process's batch is shared by all it leads). With `announce` (the
 worker), the new checkpoint is sent by the statement that moves it, at the commit
-(projections.notify.announcing).
+(projections.notify.announcing). The worker applies a batch to all the projections it
+leads in one transaction (projections/together.py), each projection's rows written by
+`apply_rows`, as here.
 """
 
 from __future__ import annotations
@@ -50,11 +52,11 @@ ON CONFLICT (projection) DO UPDATE SET projection = c.projection
 RETURNING c.sequence"""
 
 # What moving a checkpoint sets (a move also clears a parked projection's failure).
-_MOVED: Final = """sequence = {sequence}, updated_at = now(),
+MOVED_SET: Final = """sequence = {sequence}, updated_at = now(),
     failing = false, last_error = NULL, parked_sequence = NULL"""
 
 _MOVE_CHECKPOINT_SQL: Final = f"""
-UPDATE checkpoints SET {_MOVED.format(sequence="$2")}
+UPDATE checkpoints SET {MOVED_SET.format(sequence="$2")}
 WHERE projection = $1"""
 
 _ANNOUNCE_MOVE_SQL: Final = announcing(_MOVE_CHECKPOINT_SQL + "\nRETURNING sequence")
@@ -62,7 +64,7 @@ _ANNOUNCE_MOVE_SQL: Final = announcing(_MOVE_CHECKPOINT_SQL + "\nRETURNING seque
 # A batch of events the projection does not handle only moves its checkpoint: one
 # statement, when the batch starts at or before checkpoint + 1 and runs on without a gap.
 _SKIP_SQL: Final = f"""
-UPDATE {{schema}}.checkpoints AS c SET {_MOVED.format(sequence="$3")}
+UPDATE {{schema}}.checkpoints AS c SET {MOVED_SET.format(sequence="$3")}
 FROM (SELECT sequence FROM {{schema}}.checkpoints WHERE projection = $1 FOR UPDATE) AS b
 WHERE c.projection = $1 AND b.sequence BETWEEN $2 - 1 AND $3 - 1
 RETURNING b.sequence AS before, c.sequence"""
@@ -74,7 +76,7 @@ RETURNING b.sequence AS before, c.sequence"""
 # deadlock.
 _SKIP_MANY_SQL: Final = announcing(
     f"""
-UPDATE {LIVE_SCHEMA}.checkpoints AS c SET {_MOVED.format(sequence="$3")}
+UPDATE {LIVE_SCHEMA}.checkpoints AS c SET {MOVED_SET.format(sequence="$3")}
 FROM (SELECT projection, sequence FROM {LIVE_SCHEMA}.checkpoints
       WHERE projection = ANY($1::text[]) ORDER BY projection FOR UPDATE) AS b
 WHERE c.projection = b.projection AND b.sequence BETWEEN $2 - 1 AND $3 - 1
@@ -153,26 +155,41 @@ async def apply_batch(
                 _LOCK_CHECKPOINT_SQL, projection.name, timeout=STATEMENT_TIMEOUT_S
             )
         )
-        last, handled = checkpoint, []
-        for logged in ordered:
-            if logged.sequence <= last:
-                continue
-            if logged.sequence != last + 1:
-                raise SequenceGapError(projection.name, last + 1, logged.sequence)
-            last = logged.sequence
-            if logged.topic in topics:
-                handled.append(logged)
-        if len(handled) >= FOLD_FROM:
-            await fold_batch(connection, projection, handled, check_schema(schema))
-        for logged in handled if len(handled) < FOLD_FROM else ():
-            event = msgspec.json.decode(logged.data, type=event_type(logged.topic))
-            handler = projection.handlers[type(event)]
-            await handler(connection, event, logged.meta)
-        applied = len(handled)
+        last, applied = await apply_rows(connection, projection, ordered, checkpoint, schema)
         if last > checkpoint:
             move = _ANNOUNCE_MOVE_SQL if announce else _MOVE_CHECKPOINT_SQL
             await connection.execute(move, projection.name, last, timeout=STATEMENT_TIMEOUT_S)
     return Applied(checkpoint, last, applied)
+
+
+async def apply_rows(
+    connection: asyncpg.Connection,
+    projection: Projection,
+    ordered: Sequence[LoggedEvent],
+    checkpoint: int,
+    schema: str,
+) -> tuple[int, int]:
+    """Write the rows of the `ordered` events past `checkpoint`, in the caller's transaction
+    (which locked the checkpoint row and moves it): the last sequence reached and how many
+    events the projection handled. SequenceGapError, before any row is written, when an
+    event past the checkpoint does not follow the one before it."""
+    topics = projection.topics
+    last, handled = checkpoint, []
+    for logged in ordered:
+        if logged.sequence <= last:
+            continue
+        if logged.sequence != last + 1:
+            raise SequenceGapError(projection.name, last + 1, logged.sequence)
+        last = logged.sequence
+        if logged.topic in topics:
+            handled.append(logged)
+    if len(handled) >= FOLD_FROM:
+        await fold_batch(connection, projection, handled, check_schema(schema))
+    for logged in handled if len(handled) < FOLD_FROM else ():
+        event = msgspec.json.decode(logged.data, type=event_type(logged.topic))
+        handler = projection.handlers[type(event)]
+        await handler(connection, event, logged.meta)
+    return last, len(handled)
 
 
 async def _skip(

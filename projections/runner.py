@@ -10,9 +10,12 @@ applies what the log holds past its checkpoint: the consumer's durable went past
 events while another process led the projection, or while it was parked, and is not
 going back for them.
 
-Each batch is applied with apply_batch (rows and checkpoint in one transaction); events at
-or below the checkpoint are skipped, and a batch that starts past checkpoint + 1 is
-preceded by the missing events read from the log itself.
+The consumer applies a batch for all its leading runners in one transaction
+(projections/together.py; ADR 0015's addendum) and tells each runner what it reached
+(`applied`). When that transaction fails, each runner applies the batch on its own
+(`handle`) with apply_batch (rows and checkpoint in one transaction); events at or below
+the checkpoint are skipped, and a batch that starts past checkpoint + 1 is preceded by
+the missing events read from the log itself.
 
 Failures: a connection or timeout error gives up the lead (and the connection); the
 runner tries again after a capped backoff and catches up from the log. Any other error is
@@ -23,13 +26,16 @@ gives up its lead for good in this process (the others go on). Nothing is skippe
 next runner to lead it (a restart) starts from the checkpoint, tries the parked event
 again, and clears the failing flag once it applies.
 
-Tracing: a batch is one transaction per projection, but may hold events of many traces
-(one per command that appended them). For each trace among the events this projection
-handles, the batch gets a span `apply <projection>`: a child of the message's
-`traceparent` (the relay's publish span), with links to that trace's other messages in
-the batch; a batch of n traces has n such spans over the same transaction
-(`ledger.batch.traces` says so). Messages without a valid traceparent, and events caught
-up from the log, get no span. See docs/adr/0009-tracing.md.
+Tracing: a batch is one transaction for all the process's leading projections, but may
+hold events of many traces (one per command that appended them). For each trace among
+the events this projection handles, the batch gets a span `apply <projection>`: a child
+of the message's `traceparent` (the relay's publish span), with links to that trace's
+other messages in the batch; a batch of n traces has n such spans over the same
+transaction (`ledger.batch.traces` says so, and `ledger.batch.projections` how many
+projections shared it). Each ends when its projection's rows are committed (or not: then
+with an error status, and `ledger.checkpoint` says how far it got). Messages without a
+valid traceparent, and events caught up from the log, get no span. See
+docs/adr/0009-tracing.md.
 """
 
 from __future__ import annotations
@@ -53,6 +59,7 @@ from ledger import tracing
 from projections import source
 from projections.base import STATEMENT_TIMEOUT_S, LoggedEvent, Projection
 from projections.engine import Applied, SequenceGapError, apply_batch, read_checkpoint
+from projections.together import closed
 
 if TYPE_CHECKING:
     from projections.worker import WorkerOptions
@@ -158,15 +165,53 @@ class Runner:
         with contextlib.suppress(*TRANSIENT, asyncpg.PostgresError):
             await self.pool.release(connection, timeout=2.0)
 
-    async def handle(self, messages: Sequence[Msg], events: Sequence[LoggedEvent]) -> int | None:
-        """Apply a batch (events[i] decoded from messages[i]) if leading; the checkpoint
-        reached, or None when the batch is not this runner's to hold back: standing by,
-        parked on it, or the lead lost to a connection error (a later lead catches up)."""
+    async def confirm_lead(self) -> bool:
+        """Whether it leads, noticing a lock connection that closed meanwhile (it sits idle
+        while the consumer's connection applies the batches): then as after any lost
+        connection, the lead is given up and tried again after a backoff."""
+        connection = self._connection
+        if self.leading and connection is not None and closed(connection):
+            await self._failed(asyncpg.ConnectionDoesNotExistError("the lock's connection closed"))
+        return self.leading
+
+    def start_spans(
+        self, messages: Sequence[Msg], events: Sequence[LoggedEvent], projections: int
+    ) -> list[tuple[Span, int]]:
+        """The batch's apply spans (see _apply_spans), before it is applied together with
+        `projections - 1` others in one transaction (projections/together.py)."""
+        spans = self._apply_spans(messages, events)
+        for span, _ in spans:
+            span.set_attribute("ledger.batch.projections", projections)
+        return spans
+
+    def applied(self, spans: Sequence[tuple[Span, int]], checkpoint: int) -> int:
+        """The batch was applied (together with others) up to `checkpoint`: its spans end."""
+        assert self.leading, self.name
+        _end_applied(spans, checkpoint)
+        self._failures = 0
+        return checkpoint
+
+    def failed_together(self, spans: Sequence[tuple[Span, int]], error: BaseException) -> None:
+        """The batch's transaction with others failed and is not tried again here."""
+        _end_failed(spans, error)
+
+    async def handle(
+        self,
+        messages: Sequence[Msg],
+        events: Sequence[LoggedEvent],
+        spans: list[tuple[Span, int]] | None = None,
+    ) -> int | None:
+        """Apply a batch (events[i] decoded from messages[i]) if leading, in transactions of
+        its own; the checkpoint reached, or None when the batch is not this runner's to hold
+        back: standing by, parked on it, or the lead lost to a connection error (a later
+        lead catches up). `spans`: those start_spans gave, when the batch failed together."""
         if not self.leading:
+            if spans:
+                _end_failed(spans, RuntimeError(f"{self.name} no longer leads"))
             return None
         connection = self._connection
         assert connection is not None
-        spans = self._apply_spans(messages, events)
+        spans = self._apply_spans(messages, events) if spans is None else spans
         try:
             checkpoint = await self._apply_isolating(connection, list(events))
         except TRANSIENT as error:

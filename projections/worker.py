@@ -5,13 +5,18 @@ The process binds one durable on the relay's stream (every subject, so sequences
 gapless), named from consumer_prefix and the projections selected (`projection-all` for
 `ledger project all`, so it is the same across restarts), and loops: fetch a bounded batch,
 decode each message once, hand the batch to the runner of each projection it selected
-(projections/runner.py), wait for them, then ack with one ack (AckPolicy.ALL: the last
-message applied acknowledges every one before it). Each event is thus fetched, decoded
-and acked once per process, not once per projection: with a consumer per projection, the
-worker spent most of its CPU on nine fetches, decodes and acks of each event (ADR 0015).
+(projections/runner.py), then ack with one ack (AckPolicy.ALL: the last message applied
+acknowledges every one before it). Each event is thus fetched, decoded and acked once per
+process, not once per projection: with a consumer per projection, the worker spent most
+of its CPU on nine fetches, decodes and acks of each event (ADR 0015).
 
-Before the runners get a batch, the checkpoints of the leading projections that handle
-none of its events are moved past it in one statement (engine.skip_unhandled).
+A batch that some leading projection handles is applied for all of them in one
+transaction on the consumer's connection (projections/together.py): one BEGIN and
+COMMIT, every checkpoint locked and moved in one statement each. If that transaction
+fails (a gap, a poison event, a timeout), nothing of it stays, and each leading runner
+applies the batch in transactions of its own, as before: gaps filled from the log, a
+poison event parking only its projection. A batch none of them handles only moves their
+checkpoints, in one statement (engine.skip_unhandled).
 
 Two locks, both PostgreSQL advisory locks on connections of their own:
 - the durable's: one process consumes it at a time; another process with the same
@@ -56,6 +61,7 @@ from projections.base import STATEMENT_TIMEOUT_S, LoggedEvent, Projection
 from projections.engine import skip_unhandled
 from projections.registry import NAMES, select
 from projections.runner import FAILURES_COUNTED_MAX, TRANSIENT, Parked, Runner
+from projections.together import apply_together, closed
 
 CONSUMER_LOCK_CLASS: Final = 0x1ED6E9
 
@@ -312,25 +318,76 @@ class Consumer:
         return min(healthy or [sequence for sequence, _ in checkpoints])
 
     async def _handle(self, connection: asyncpg.Connection, messages: Sequence[Msg]) -> None:
-        """Hand a fetched batch to the leading runners, then ack what all of them applied.
+        """Apply a fetched batch for the leading runners, then ack what all of them applied.
 
-        The checkpoints of those that handle none of it are moved first, all in one
-        statement (at low rates, most projections handle none of most batches)."""
+        A batch none of them handles only moves their checkpoints, in one statement (a
+        process leading a few projections, say users, sees most batches go by so)."""
         decoded = [(message, _decoded(message)) for message in messages]
         readable = [(message, event) for message, event in decoded if event is not None]
         batch = [message for message, _ in readable], [event for _, event in readable]
         # A batch of unreadable bodies alone is nobody's to apply, so acked whole.
-        leading = [runner for runner in self.runners if runner.leading] if readable else []
-        skipped = await skip_unhandled(
-            connection, [runner.projection for runner in leading], batch[1]
-        )
+        leading = [runner for runner in self.runners if await runner.confirm_lead()]
+        leading = leading if readable else []
+        topics = {event.topic for event in batch[1]}
+        if any(not runner.projection.topics.isdisjoint(topics) for runner in leading):
+            skipped = {}  # Moved in the transaction that applies the others' rows.
+        else:
+            skipped = await skip_unhandled(
+                connection, [runner.projection for runner in leading], batch[1]
+            )
         applying = [runner for runner in leading if runner.projection.name not in skipped]
-        reached = await asyncio.gather(*(runner.handle(*batch) for runner in applying))
+        reached = await self._apply(connection, applying, *batch)
         checkpoints = [applied.after for applied in skipped.values()]
         checkpoints += [checkpoint for checkpoint in reached if checkpoint is not None]
         last = _last_applied(decoded, min(checkpoints, default=None))
         if last is not None:
             await last.ack()  # AckPolicy.ALL: and every message delivered before it
+
+    async def _apply(
+        self,
+        connection: asyncpg.Connection,
+        runners: Sequence[Runner],
+        messages: Sequence[Msg],
+        events: Sequence[LoggedEvent],
+    ) -> list[int | None]:
+        """Apply the batch for `runners` in one transaction on the consumer's connection
+        (projections/together.py); if that fails, projection by projection, each runner in
+        transactions of its own, where gaps are filled and poison events parked. What each
+        reached, as Runner.handle says. A lost connection is run()'s to retry (the
+        runners stand down with it, and catch up from the log when they lead again)."""
+        if not runners:
+            return []
+        spans = [runner.start_spans(messages, events, len(runners)) for runner in runners]
+        try:
+            applied = await apply_together(
+                connection, [runner.projection for runner in runners], events
+            )
+        except Exception as error:
+            if closed(connection) or isinstance(error, asyncpg.PostgresConnectionError):
+                for runner, started in zip(runners, spans, strict=True):
+                    runner.failed_together(started, error)
+                raise
+            log.warning(
+                "%s: batch failed in one transaction (%r); applying projection by projection",
+                self.durable,
+                error,
+            )
+            return list(
+                await asyncio.gather(
+                    *(
+                        runner.handle(messages, events, started)
+                        for runner, started in zip(runners, spans, strict=True)
+                    )
+                )
+            )
+        except BaseException as error:  # Cancelled (stopping): rolled back, spans ended.
+            for runner, started in zip(runners, spans, strict=True):
+                runner.failed_together(started, error)
+            raise
+        return [
+            runner.applied(started, applied[runner.projection.name].after)
+            for runner, started in zip(runners, spans, strict=True)
+        ]
 
 
 def _decoded(message: Msg) -> LoggedEvent | None:

@@ -35,6 +35,7 @@ from tests.integration.test_projections_fold import (
     sequence_all,
 )
 from tests.integration.test_relay import TcpProxy
+from tests.waiting import eventually
 
 CATCH_UP_TIMEOUT_S = 60.0
 _numbers = itertools.count(1)
@@ -417,3 +418,47 @@ async def test_a_worker_killed_between_its_commit_and_its_ack_applies_nothing_tw
     running.start_worker(nats_url)
     await running.caught_up()
     await assert_equal_to_the_fold(running.pool)
+
+
+async def lead_holders(connection: asyncpg.Connection) -> dict[int, int]:
+    """The backend holding each projection's lead: objid (hashtext of the name) -> pid."""
+    rows = await connection.fetch(
+        "SELECT l.objid::int, l.pid FROM pg_locks l JOIN pg_database d ON d.oid = l.database "
+        "WHERE l.locktype = 'advisory' AND l.granted AND d.datname = current_database() "
+        "AND l.classid = $1",
+        WORKER_LOCK_CLASS,
+    )
+    return {row[0]: row[1] for row in rows}
+
+
+async def test_a_lead_whose_lock_connection_dies_is_given_up_and_taken_again(
+    running: Running, nats_url: str
+) -> None:
+    """The consumer's connection applies every batch, so a runner's own connection (its
+    lock's) sits idle: when it dies, the runner notices at the next batch, gives up the
+    lead and takes it again on a new connection (catching up from the log), rather than
+    applying on without the lock that keeps other processes off its projection."""
+    await Scenario(EventStore(running.pool), seed=41, tag="a").run(60)
+    worker = running.start_worker(nats_url)
+    await running.caught_up()
+    async with running.pool.acquire() as connection:
+        orders = await connection.fetchval("SELECT hashtext('orders')")
+        before = await lead_holders(connection)
+        assert len(before) == len(PROJECTIONS)
+        assert await connection.fetchval("SELECT pg_terminate_backend($1)", before[orders])
+
+    await Scenario(EventStore(running.pool), seed=42, tag="b").run(60)
+    await running.caught_up()
+    async with running.pool.acquire() as connection:
+
+        async def led_again() -> bool:
+            return orders in await lead_holders(connection)
+
+        await eventually(led_again, "orders is led again", timeout_s=CATCH_UP_TIMEOUT_S)
+        after = await lead_holders(connection)
+    assert after[orders] != before[orders]
+    assert {objid: pid for objid, pid in after.items() if objid != orders} == {
+        objid: pid for objid, pid in before.items() if objid != orders
+    }
+    await assert_equal_to_the_fold(running.pool)
+    assert not worker.task.done()
