@@ -193,6 +193,7 @@ def _project(settings: Settings, names: list[str], rebuild_name: str | None) -> 
         if rebuild_name is not None:
             from projections.rebuild import rebuild
 
+            heap.settle()
             results = asyncio.run(rebuild(database_url, [rebuild_name]))
             for result in results:
                 print(f"rebuilt {result.name}: {result.events} events up to {result.sequence}")
