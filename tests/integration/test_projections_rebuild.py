@@ -25,7 +25,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from ledger.store import EventStore
-from projections import scratch, source
+from projections import batch, scratch, source
 from projections.base import Projection
 from projections.engine import FOLD_FROM, apply_batch
 from projections.folding import Folder, replay
@@ -276,3 +276,66 @@ async def test_a_worker_started_after_a_rebuild_starts_near_its_checkpoint(
     # Started at its checkpoint's message: it was handed what came after, not the stream.
     assert info.delivered.consumer_seq <= head - rebuilt
     assert rebuilt > head - rebuilt
+
+
+async def test_scratch_tables_are_unlogged_until_finished_and_the_rebuilt_ones_logged(
+    prepared: Prepared,
+) -> None:
+    """The load writes no WAL for the scratch tables; what is swapped in is as durable as
+    what it replaces (an unlogged table is emptied by crash recovery)."""
+    projection, schema = PROJECTIONS["orders"], "scratch_persistence"
+    persistence = (
+        "SELECT c.relname, c.relpersistence::text FROM pg_class c JOIN pg_namespace n "
+        "ON n.oid = c.relnamespace WHERE n.nspname = $1 AND c.relname = ANY($2::text[])"
+    )
+    async with prepared.pool.acquire() as connection:
+        try:
+            deferred = await scratch.prepare(connection, projection, schema)
+            rows = await connection.fetch(persistence, schema, list(projection.tables))
+            assert dict(list(rows)) == dict.fromkeys(projection.tables, "u")
+            await scratch.finish(connection, projection, schema, deferred)
+            rows = await connection.fetch(persistence, schema, list(projection.tables))
+            assert dict(list(rows)) == dict.fromkeys(projection.tables, "p")
+        finally:
+            await connection.execute(f"DROP SCHEMA IF EXISTS {schema} CASCADE")
+    await rebuild(prepared.url, ["all"], batch=97, out=io.StringIO())
+    tables = [table for name in NAMES for table in PROJECTIONS[name].tables]
+    async with prepared.pool.acquire() as connection:
+        rows = await connection.fetch(persistence, "read", tables)
+        assert dict(list(rows)) == dict.fromkeys(tables, "p")
+        assert await text_rows(connection) == prepared.live
+
+
+async def test_upserts_copy_new_keys_and_upsert_a_key_an_older_page_wrote(
+    prepared: Prepared,
+) -> None:
+    """A page whose keys the previous page did not have is COPYed; when one of them was
+    written pages before, the COPY fails in its savepoint and the page is upserted: the
+    rows are those of one INSERT ... ON CONFLICT per upsert either way."""
+    schema = "upserts_pages"
+    table = batch.Upserts("kept", ("k", "a", "b"), ("k",))
+    staging = batch.Staging()
+    pages: list[list[tuple[str, list[Any], tuple[int, ...]]]] = [
+        [("x", ["x", 1, None], (1,)), ("y", ["y", 2, None], (1,))],  # first page: staged
+        [("y", ["y", None, 3], (2,)), ("z", ["z", 4, None], (1,))],  # y staged, z copied
+        [("w", ["w", 5, None], (1,)), ("t", ["t", 6, 6], ())],  # copied
+        [("x", ["x", None, 7], (2,)), ("v", ["v", 8, None], (1,))],  # x is older: upserted
+    ]
+    async with prepared.pool.acquire() as connection:
+        try:
+            await connection.execute(f"CREATE SCHEMA {schema}")
+            await connection.execute(
+                f"CREATE TABLE {schema}.kept (k text PRIMARY KEY, a integer, b integer)"
+            )
+            for page in pages:
+                for key, row, on_conflict in page:
+                    table.upsert(key, row, on_conflict)
+                async with connection.transaction():
+                    await table.write(connection, schema, staging, table.take())
+            rows = await connection.fetch(f"SELECT k, a, b FROM {schema}.kept ORDER BY k")
+        finally:
+            await connection.execute(f"DROP SCHEMA IF EXISTS {schema} CASCADE")
+    assert [tuple(row) for row in rows] == [
+        ("t", 6, 6), ("v", 8, None), ("w", 5, None), ("x", 1, 7), ("y", 2, 3), ("z", 4, None),
+    ]  # fmt: skip
+    assert (table.copied, table.staged) == (3, 5)
