@@ -109,10 +109,8 @@ async def rebuild(
         events = await _replay(reader, writers, projections, batch, out)
         await asyncio.gather(
             *(
-                scratch.finish(writer, projection, scratch_schema(projection.name), statements)
-                for writer, projection, statements in zip(
-                    writers, projections, deferred, strict=True
-                )
+                scratch.index(writer, statements)
+                for writer, statements in zip(writers, deferred, strict=True)
             )
         )
         results = []

@@ -1,20 +1,14 @@
-"""A rebuild's scratch tables: empty copies of a projection's live tables, unlogged while
-they are loaded, indexed last.
+"""A rebuild's scratch tables: empty copies of a projection's live tables, indexed last.
 
-`prepare` makes, in schema `read_rebuild_<name>`, an UNLOGGED copy of each live table
-(CREATE UNLOGGED TABLE ... LIKE ... INCLUDING ALL EXCLUDING INDEXES: columns, defaults,
-generated columns, CHECK constraints, storage) with its primary key only, which the page
-writes need (UPDATE by key, ON CONFLICT, joins). Nothing reads these tables before the
-swap, and a crash that empties them only loses a rebuild to run again, so the load
-writes no WAL for them. `finish`, once the log is folded, makes them logged (ALTER TABLE
-... SET LOGGED: one sequential copy of each table into the WAL, instead of a WAL record
-per row written and per row changed, with full page images after every checkpoint),
-then makes every other index and unique constraint: one sorted build, logged once,
-instead of an insertion per row per index, which measured ~2x on the writes of the
-orders table (six indexes). Each is made with the live one's name and definition, so
-the tables swapped in are the live ones row for row and index for index, and as durable.
-A duplicate that a unique constraint refuses fails the rebuild there, as it parks the
-live projection.
+`prepare` makes, in schema `read_rebuild_<name>`, a copy of each live table (CREATE
+TABLE ... LIKE ... INCLUDING ALL EXCLUDING INDEXES: columns, defaults, generated
+columns, CHECK constraints, storage) with its primary key only, which the page writes
+need (UPDATE by key, ON CONFLICT, joins). Every other index and unique constraint is
+made by `index` once the log is folded: one sorted build instead of an insertion per
+row per index, which measured ~2x on the writes of the orders table (six indexes). Each
+is made with the live one's name and definition, so the tables swapped in are the live
+ones row for row and index for index. A duplicate that a unique constraint refuses
+fails the rebuild there, as it parks the live projection.
 """
 
 from __future__ import annotations
@@ -26,8 +20,7 @@ import asyncpg
 from projections.base import STATEMENT_TIMEOUT_S, Projection
 from projections.engine import LIVE_SCHEMA, check_schema
 
-# Index builds sort whole tables, SET LOGGED copies them: more time than a page's
-# statement is given.
+# Index builds sort whole tables: more time than a statement of a page is given.
 INDEX_TIMEOUT_S: Final = 600.0
 
 # Constraints backed by an index, the primary key first; then indexes of no constraint.
@@ -45,8 +38,8 @@ ORDER BY c.relname"""
 
 
 async def prepare(connection: asyncpg.Connection, projection: Projection, schema: str) -> list[str]:
-    """The scratch schema with empty unlogged tables and a checkpoint at 0; returns the
-    statements that index them (for `finish`)."""
+    """The scratch schema with empty tables and a checkpoint at 0; returns the statements
+    that index them (for `index`)."""
     check_schema(schema)
     deferred: list[str] = []
     async with connection.transaction():
@@ -55,7 +48,7 @@ async def prepare(connection: asyncpg.Connection, projection: Projection, schema
         for table in (*projection.tables, "checkpoints"):
             live, copy = f"{LIVE_SCHEMA}.{table}", f"{schema}.{table}"
             await connection.execute(
-                f"CREATE UNLOGGED TABLE {copy} (LIKE {live} INCLUDING ALL EXCLUDING INDEXES)",
+                f"CREATE TABLE {copy} (LIKE {live} INCLUDING ALL EXCLUDING INDEXES)",
                 timeout=STATEMENT_TIMEOUT_S,
             )
             for name, primary, definition in await connection.fetch(_CONSTRAINTS_SQL, live):
@@ -76,15 +69,7 @@ async def prepare(connection: asyncpg.Connection, projection: Projection, schema
     return deferred
 
 
-async def finish(
-    connection: asyncpg.Connection, projection: Projection, schema: str, deferred: list[str]
-) -> None:
-    """Make the scratch tables logged, then the indexes and unique constraints `prepare`
-    left out (so each index is built, and written to the WAL, once)."""
-    check_schema(schema)
-    for table in projection.tables:
-        await connection.execute(
-            f"ALTER TABLE {schema}.{table} SET LOGGED", timeout=INDEX_TIMEOUT_S
-        )
+async def index(connection: asyncpg.Connection, deferred: list[str]) -> None:
+    """Make the indexes and unique constraints `prepare` left out."""
     for statement in deferred:
         await connection.execute(statement, timeout=INDEX_TIMEOUT_S)
