@@ -28,7 +28,7 @@ from ledger.store import EventStore
 from projections import batch, scratch, source
 from projections.base import Projection
 from projections.engine import FOLD_FROM, apply_batch
-from projections.folding import Folder, replay
+from projections.folding import WRITES_IN_FLIGHT, Folder, PageGapError, replay
 from projections.lag import lag
 from projections.rebuild import rebuild
 from projections.registry import NAMES, PROJECTIONS
@@ -187,6 +187,43 @@ async def test_a_page_that_cannot_be_read_fails_the_replay(
         await asyncio.gather(*killing)
         assert len(pages) >= pages_read
         assert folder.folded < head
+    finally:
+        writer.terminate()
+        reader.terminate()
+        await prepared.pool.execute(f"DROP SCHEMA IF EXISTS {schema} CASCADE")
+
+
+async def test_a_page_that_cannot_be_written_fails_the_replay_and_stops_its_projection(
+    prepared: Prepared,
+) -> None:
+    """Pages are written while later ones are folded (WRITES_IN_FLIGHT of them at once);
+    when one fails (here its scratch checkpoint was moved far ahead behind its back), the replay
+    raises that error once every write begun has ended, and no later page of that
+    projection is written over it."""
+    assert WRITES_IN_FLIGHT >= 2
+    projection, schema = PROJECTIONS["orders"], "replay_unwritable"
+    reader = await asyncpg.connect(prepared.url)
+    writer = await asyncpg.connect(prepared.url)
+    try:
+        await scratch.prepare(writer, projection, schema)
+        folder = Folder([projection], [writer], lambda name: schema, after=0)
+        head = await source.head(reader)
+        pages: list[int] = []
+        moving: list[asyncio.Future[Any]] = []
+
+        def advance(count: int) -> None:
+            pages.append(count)
+            if len(pages) == 3:
+                moved = prepared.pool.execute(f"UPDATE {schema}.checkpoints SET sequence = 1e9")
+                moving.append(asyncio.ensure_future(moved))
+
+        async with asyncio.timeout(30):  # a TimeoutError here is the bug: a replay that hangs
+            with pytest.raises(PageGapError):
+                await replay(reader, folder, head, page=5, advance=advance)
+        await asyncio.gather(*moving)
+        assert not writer.is_in_transaction()
+        assert await writer.fetchval(f"SELECT sequence FROM {schema}.checkpoints") == 10**9
+        assert len(pages) < head // 5
     finally:
         writer.terminate()
         reader.terminate()
