@@ -25,10 +25,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from ledger.store import EventStore
-from projections import scratch, source
+from projections import batch, scratch, source
 from projections.base import Projection
 from projections.engine import FOLD_FROM, apply_batch
-from projections.folding import Folder, replay
+from projections.folding import WRITES_IN_FLIGHT, Folder, PageGapError, replay
 from projections.lag import lag
 from projections.rebuild import rebuild
 from projections.registry import NAMES, PROJECTIONS
@@ -193,6 +193,43 @@ async def test_a_page_that_cannot_be_read_fails_the_replay(
         await prepared.pool.execute(f"DROP SCHEMA IF EXISTS {schema} CASCADE")
 
 
+async def test_a_page_that_cannot_be_written_fails_the_replay_and_stops_its_projection(
+    prepared: Prepared,
+) -> None:
+    """Pages are written while later ones are folded (WRITES_IN_FLIGHT of them at once);
+    when one fails (here its scratch checkpoint was moved far ahead behind its back), the replay
+    raises that error once every write begun has ended, and no later page of that
+    projection is written over it."""
+    assert WRITES_IN_FLIGHT >= 2
+    projection, schema = PROJECTIONS["orders"], "replay_unwritable"
+    reader = await asyncpg.connect(prepared.url)
+    writer = await asyncpg.connect(prepared.url)
+    try:
+        await scratch.prepare(writer, projection, schema)
+        folder = Folder([projection], [writer], lambda name: schema, after=0)
+        head = await source.head(reader)
+        pages: list[int] = []
+        moving: list[asyncio.Future[Any]] = []
+
+        def advance(count: int) -> None:
+            pages.append(count)
+            if len(pages) == 3:
+                moved = prepared.pool.execute(f"UPDATE {schema}.checkpoints SET sequence = 1e9")
+                moving.append(asyncio.ensure_future(moved))
+
+        async with asyncio.timeout(30):  # a TimeoutError here is the bug: a replay that hangs
+            with pytest.raises(PageGapError):
+                await replay(reader, folder, head, page=5, advance=advance)
+        await asyncio.gather(*moving)
+        assert not writer.is_in_transaction()
+        assert await writer.fetchval(f"SELECT sequence FROM {schema}.checkpoints") == 10**9
+        assert len(pages) < head // 5
+    finally:
+        writer.terminate()
+        reader.terminate()
+        await prepared.pool.execute(f"DROP SCHEMA IF EXISTS {schema} CASCADE")
+
+
 async def keep_appending(pool: asyncpg.Pool, stop: asyncio.Event, seed: int) -> int:
     """Sessions of a few steps each until told to stop; return how many there were."""
     sessions = 0
@@ -276,3 +313,53 @@ async def test_a_worker_started_after_a_rebuild_starts_near_its_checkpoint(
     # Started at its checkpoint's message: it was handed what came after, not the stream.
     assert info.delivered.consumer_seq <= head - rebuilt
     assert rebuilt > head - rebuilt
+
+
+async def test_the_rebuilt_tables_are_logged(prepared: Prepared) -> None:
+    """What is swapped in is as durable as what it replaces: crash recovery empties an
+    unlogged table (scratch tables loaded unlogged, then set logged, measured slower)."""
+    persistence = (
+        "SELECT c.relname, c.relpersistence::text FROM pg_class c JOIN pg_namespace n "
+        "ON n.oid = c.relnamespace WHERE n.nspname = 'read' AND c.relname = ANY($1::text[])"
+    )
+    await rebuild(prepared.url, ["all"], batch=97, out=io.StringIO())
+    tables = [table for name in NAMES for table in PROJECTIONS[name].tables]
+    async with prepared.pool.acquire() as connection:
+        rows = await connection.fetch(persistence, tables)
+        assert dict(list(rows)) == dict.fromkeys(tables, "p")
+        assert await text_rows(connection) == prepared.live
+
+
+async def test_upserts_copy_new_keys_and_upsert_a_key_an_older_page_wrote(
+    prepared: Prepared,
+) -> None:
+    """A page whose keys the previous page did not have is COPYed; when one of them was
+    written pages before, the COPY fails in its savepoint and the page is upserted: the
+    rows are those of one INSERT ... ON CONFLICT per upsert either way."""
+    schema = "upserts_pages"
+    table = batch.Upserts("kept", ("k", "a", "b"), ("k",))
+    staging = batch.Staging()
+    pages: list[list[tuple[str, list[Any], tuple[int, ...]]]] = [
+        [("x", ["x", 1, None], (1,)), ("y", ["y", 2, None], (1,))],  # first page: staged
+        [("y", ["y", None, 3], (2,)), ("z", ["z", 4, None], (1,))],  # y staged, z copied
+        [("w", ["w", 5, None], (1,)), ("t", ["t", 6, 6], ())],  # copied
+        [("x", ["x", None, 7], (2,)), ("v", ["v", 8, None], (1,))],  # x is older: upserted
+    ]
+    async with prepared.pool.acquire() as connection:
+        try:
+            await connection.execute(f"CREATE SCHEMA {schema}")
+            await connection.execute(
+                f"CREATE TABLE {schema}.kept (k text PRIMARY KEY, a integer, b integer)"
+            )
+            for page in pages:
+                for key, row, on_conflict in page:
+                    table.upsert(key, row, on_conflict)
+                async with connection.transaction():
+                    await table.write(connection, schema, staging, table.take())
+            rows = await connection.fetch(f"SELECT k, a, b FROM {schema}.kept ORDER BY k")
+        finally:
+            await connection.execute(f"DROP SCHEMA IF EXISTS {schema} CASCADE")
+    assert [tuple(row) for row in rows] == [
+        ("t", 6, 6), ("v", 8, None), ("w", 5, None), ("x", 1, 7), ("y", 2, 3), ("z", 4, None),
+    ]  # fmt: skip
+    assert (table.copied, table.staged) == (3, 5)
