@@ -185,7 +185,7 @@ class GroupCommit:
             # the uuid module's showed in profiles.
             by_hash: dict[bytes, asyncpg.Record] = {row[_HASH_RETURNED]: row for row in rows}
             for append in batch:
-                mine = [by_hash[row[_HASH]] for row in append.rows if row[_HASH] in by_hash]
+                mine = [found for row in append.rows if (found := by_hash.get(row[_HASH]))]
                 _succeed(append, mine)
         finally:
             self._in_flight -= 1

@@ -27,6 +27,8 @@ JWT_SECRET = secrets.token_urlsafe(48)
 TEST_HASH_COST = HashCost(time_cost=1, memory_kib=8, parallelism=1)
 # The shared app must never throttle the suite; tests/e2e/test_ops.py tests the limits.
 RATE_LIMIT_PER_MINUTE_MAX = 1_000_000
+# Pages a list may take before `Api.pages` calls it endless.
+PAGES_MAX = 1_000
 
 
 class Api:
@@ -90,6 +92,21 @@ class Api:
             )
             assert deposited.status_code == 201, deposited.text
         return trader, account_id
+
+    async def pages(self, path: str, reader: User, key: str, **params: Any) -> list[Any]:
+        """Every item of a cursor-paged list under `key`, following next_cursor, each page
+        a 200; fails if the list does not end within PAGES_MAX pages."""
+        items: list[Any] = []
+        cursor: str | None = None
+        for _ in range(PAGES_MAX):
+            query = {**params, **({"cursor": cursor} if cursor is not None else {})}
+            page = await self.client.get(path, params=query, headers=reader.headers)
+            assert page.status_code == 200, page.text
+            items.extend(page.json()[key])
+            cursor = page.json()["next_cursor"]
+            if cursor is None:
+                return items
+        raise AssertionError(f"{path} did not end within {PAGES_MAX} pages")
 
     async def sign_in(self, email: str, password: str = PASSWORD) -> dict[str, Any]:
         response = await self.client.post(

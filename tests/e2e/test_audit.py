@@ -158,18 +158,7 @@ async def test_digests_are_paged_and_each_is_recomputed_from_the_events(audit_ap
     await account_with_deposits(audit_api, 4)
     head = await sequenced(audit_api)
     auditor = await user_of(audit_api, Role.AUDITOR)
-    digests: list[dict[str, Any]] = []
-    cursor: str | None = None
-    for _ in range(100):
-        params: dict[str, Any] = {"limit": 2}
-        if cursor is not None:
-            params["cursor"] = cursor
-        page = await audit_api.client.get(DIGESTS, params=params, headers=auditor.headers)
-        assert page.status_code == 200, page.text
-        digests.extend(page.json()["digests"])
-        cursor = page.json()["next_cursor"]
-        if cursor is None:
-            break
+    digests = await audit_api.pages(DIGESTS, auditor, "digests", limit=2)
     assert len(digests) == head // DIGEST_EVERY
     assert [d["last_sequence"] for d in digests] == [
         DIGEST_EVERY * n for n in range(1, len(digests) + 1)

@@ -38,20 +38,7 @@ async def _sequence_all(database_url: str) -> None:
 async def test_a_stream_read_page_by_page(api: Api, role: Role) -> None:
     _, account_id = await api.account_with_deposits(4)
     reader = await api.user(role)
-    seen: list[dict[str, Any]] = []
-    cursor: str | None = None
-    for _ in range(10):
-        params: dict[str, Any] = {"limit": 2}
-        if cursor is not None:
-            params["cursor"] = cursor
-        page = await api.client.get(
-            f"/api/v1/streams/{account_id}/events", params=params, headers=reader.headers
-        )
-        assert page.status_code == 200, page.text
-        seen.extend(page.json()["events"])
-        cursor = page.json()["next_cursor"]
-        if cursor is None:
-            break
+    seen = await api.pages(f"/api/v1/streams/{account_id}/events", reader, "events", limit=2)
     assert [event["version"] for event in seen] == [1, 2, 3, 4, 5]
     assert seen[0]["type"].endswith(":AccountOpened")
     assert seen[1]["data"]["amount"] == "1.00"
@@ -95,18 +82,8 @@ async def test_the_global_log_is_followed_by_sequence_without_gaps(api: Api, rol
     reader = await api.user(role)
     assert api.settings.database_url is not None
     await _sequence_all(api.settings.database_url)
-    sequences: list[int] = []
-    cursor: str | None = None
-    for _ in range(1_000):
-        params: dict[str, Any] = {"limit": 500}
-        if cursor is not None:
-            params["cursor"] = cursor
-        page = await api.client.get("/api/v1/events", params=params, headers=reader.headers)
-        assert page.status_code == 200, page.text
-        sequences.extend(event["sequence"] for event in page.json()["events"])
-        cursor = page.json()["next_cursor"]
-        if cursor is None:
-            break
+    logged = await api.pages("/api/v1/events", reader, "events", limit=500)
+    sequences = [event["sequence"] for event in logged]
     assert sequences == list(range(1, len(sequences) + 1))
 
     filtered = await api.client.get(
@@ -167,21 +144,6 @@ async def _export(api: Api, reader: User, **params: Any) -> tuple[list[dict[str,
     return [json.loads(line) for line in lines], response.headers
 
 
-async def _paged(api: Api, reader: User) -> list[dict[str, Any]]:
-    events: list[dict[str, Any]] = []
-    cursor: str | None = None
-    for _ in range(1_000):
-        params: dict[str, Any] = {"limit": 500}
-        if cursor is not None:
-            params["cursor"] = cursor
-        page = await api.client.get("/api/v1/events", params=params, headers=reader.headers)
-        events.extend(page.json()["events"])
-        cursor = page.json()["next_cursor"]
-        if cursor is None:
-            return events
-    raise AssertionError("the log did not end")
-
-
 @pytest.mark.parametrize("role", AUDIT_ROLES)
 async def test_an_export_is_the_log_up_to_its_until_line_by_line(
     api: Api, role: Role, monkeypatch: pytest.MonkeyPatch
@@ -193,7 +155,7 @@ async def test_an_export_is_the_log_up_to_its_until_line_by_line(
     # Small windows: the export is stitched from many statements, none missing or repeated.
     monkeypatch.setattr(events, "EXPORT_WINDOW", 3)
     exported, headers = await _export(api, reader)
-    paged = await _paged(api, reader)
+    paged = await api.pages("/api/v1/events", reader, "events", limit=500)
     head = paged[-1]["sequence"]
     assert headers["ledger-export-after"] == "0"
     assert headers["ledger-export-until"] == str(head)
